@@ -1,0 +1,98 @@
+"""The typed schema behind `conf/`: every key a user can set, its type and default.
+
+Hydra merges the YAML files in `conf/` onto these dataclasses, so a misspelt key or a value of
+the wrong type fails at composition, before any model loads. Functions in `sft/` receive these
+dataclasses (or plain values taken from them), never a `DictConfig`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+
+@dataclass
+class ModelConfig:
+    checkpoint: str = MISSING  # hub id or local directory, passed to `from_pretrained`
+    revision: str | None = None  # hub branch, tag or commit; ignored for local directories
+
+
+@dataclass
+class DataConfig:
+    path: str = MISSING  # hub dataset id, local directory, or a single data file
+    name: str | None = None  # hub dataset configuration name, e.g. "sst2" for glue
+    text_column: str = "text"
+    label_column: str = "label"
+    # Text files are decoded with these encodings, tried in order, before failing.
+    encodings: list[str] = field(default_factory=lambda: ["utf-8"])
+    max_length: int = 256  # tokens per example; longer texts are truncated
+    eval_fraction: float = 0.1  # share of train held out for validation when none is given
+    test_fraction: float = 0.0  # share of train held out for test when none is given (0 = none)
+    max_train_samples: int | None = None  # cap on train examples (a seeded random subset)
+    max_eval_samples: int | None = None  # cap on validation and test examples
+    num_workers: int = 0  # DataLoader worker processes; 0 keeps loading in the main process
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = 5e-5
+    weight_decay: float = 0.01  # applied to weights only, never to biases or norm layers
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "linear"  # any `transformers.get_scheduler` name: linear, cosine, constant...
+    warmup_ratio: float = 0.1  # share of all optimizer steps spent warming up from lr=0
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 3
+    max_steps: int | None = None  # optimizer steps; when set it overrides `epochs`
+    batch_size: int = 16  # examples per process per forward pass
+    eval_batch_size: int = 64
+    grad_accum_steps: int = 1  # the optimizer steps every N batches
+    max_grad_norm: float = 1.0  # clip gradients at this norm, or disable with 0
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = fp32 on CPU, bf16/fp16 on GPU
+    eval_every: int | None = None  # evaluate every N optimizer steps; None = each epoch end
+    log_every: int = 10  # optimizer steps between history records
+    metric: str = "f1"  # validation metric that picks the best model: f1 | accuracy | loss
+    early_stopping_patience: int = 0  # stop after N evals without improvement; 0 = never
+    progress: bool = True  # show a progress bar
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 42
+    output_dir: str = MISSING  # the run directory: model/, metrics.json, plots/, history
+    task: str = "text-classification"  # what the recipe fine-tunes for; one task today
+
+
+def package_path(package: str, subpath: str = "") -> str:
+    """Directory of an installed package (plus `subpath`): how offline assets are located."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            f"package '{package}' is not installed; run `make install` (it installs the offline "
+            f"assets) or override the key that points into it"
+        )
+    return str(Path(next(iter(spec.submodule_search_locations))) / subpath)
+
+
+def register() -> None:
+    """Make the schema and the `${sft.package:...}` resolver known to Hydra and OmegaConf."""
+    ConfigStore.instance().store(name="schema", node=Config)
+    if not OmegaConf.has_resolver("sft.package"):
+        OmegaConf.register_new_resolver("sft.package", package_path)

@@ -1,0 +1,231 @@
+"""Turn `data.path` into a raw `DatasetDict`, whatever shape the data arrives in.
+
+Accepted, in the order they are tried:
+- a single data file (.csv, .tsv, .json, .jsonl, .parquet): it becomes the train split;
+- a `save_to_disk` directory;
+- a directory of split files named train / validation (val, valid, dev) / test, optionally
+  sharded (`train-00000-of-00002.parquet`);
+- a directory with one sub-folder of .txt files per class (optionally under train/, test/...);
+- otherwise a hub dataset id, through `datasets.load_dataset` (the path a user online takes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import datasets
+
+from sft.errors import SftError
+
+log = logging.getLogger(__name__)
+
+# File extension -> format; every format but tsv is also the name of its `datasets` builder.
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "test": "test",
+    "testing": "test",
+}
+
+
+def load_raw(
+    path: str,
+    *,
+    name: str | None = None,
+    encodings: list[str] | tuple[str, ...] = ("utf-8",),
+    text_column: str = "text",
+    label_column: str = "label",
+) -> datasets.DatasetDict:
+    """Load every split found at `path` (see the module docstring for the accepted shapes).
+
+    Split names are normalised to train / validation / test. `text_column` and `label_column`
+    name the columns built from a folder of .txt files.
+    """
+    local = Path(path).expanduser()
+    if local.is_file():
+        return _load_files({"train": [local]}, encodings)
+    if local.is_dir():
+        return _load_dir(local, encodings, text_column, label_column)
+    if path.startswith((".", "/", "~")) or local.suffix in FORMATS:
+        raise SftError(f"data.path '{path}' does not exist; point data.path at a file or directory")
+    return _load_hub(path, name)
+
+
+def _load_dir(
+    root: Path, encodings: list[str] | tuple[str, ...], text_column: str, label_column: str
+) -> datasets.DatasetDict:
+    if (root / "dataset_dict.json").exists() or (root / "state.json").exists():
+        loaded = datasets.load_from_disk(str(root))
+        if isinstance(loaded, datasets.Dataset):
+            loaded = datasets.DatasetDict({"train": loaded})
+        return _rename_splits(loaded, root)
+    split_files = _split_files(root)
+    if split_files:
+        return _load_files(split_files, encodings)
+    split_dirs = {
+        SPLIT_NAMES[d.name.lower()]: d for d in _subdirs(root) if d.name.lower() in SPLIT_NAMES
+    }
+    if split_dirs:
+        return datasets.DatasetDict(
+            {
+                split: _read_text_tree(d, encodings, text_column, label_column)
+                for split, d in split_dirs.items()
+            }
+        )
+    if any(any(d.glob("*.txt")) for d in _subdirs(root)):
+        return datasets.DatasetDict(
+            {"train": _read_text_tree(root, encodings, text_column, label_column)}
+        )
+    raise SftError(
+        f"data.path '{root}' holds no data sft can read: expected split files "
+        f"(train/validation/test as {', '.join(FORMATS)}), a save_to_disk directory, "
+        f"or one sub-folder of .txt files per class"
+    )
+
+
+def _subdirs(root: Path) -> list[Path]:
+    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _split_files(root: Path) -> dict[str, list[Path]]:
+    """Files like train.csv, test.jsonl or validation-00001-of-00002.parquet, grouped by split."""
+    found: dict[str, list[Path]] = defaultdict(list)
+    for file in sorted(root.iterdir()):
+        if not file.is_file() or file.suffix not in FORMATS:
+            continue
+        stem = file.stem.lower().replace("_", "-").split("-")[0]
+        if stem in SPLIT_NAMES:
+            found[SPLIT_NAMES[stem]].append(file)
+    return dict(found)
+
+
+def _load_files(
+    split_files: dict[str, list[Path]], encodings: list[str] | tuple[str, ...]
+) -> datasets.DatasetDict:
+    files = [f for group in split_files.values() for f in group]
+    formats = {FORMATS[f.suffix] for f in files}
+    if len(formats) > 1:
+        suffixes = ", ".join(sorted({f.suffix for f in files}))
+        raise SftError(f"data files mix formats ({suffixes}) in {files[0].parent}; use one format")
+    builder = formats.pop()
+    options: dict = {}
+    if builder == "tsv":
+        builder, options["sep"] = "csv", "\t"
+    for split, group in split_files.items():
+        empty = next((f for f in group if _has_no_rows(f)), None)
+        if empty is not None:
+            raise SftError(f"the {split} split of {empty.parent} is empty ({empty} has no rows)")
+    data_files = {split: [str(f) for f in group] for split, group in split_files.items()}
+    for encoding in encodings:
+        if builder != "parquet":
+            options["encoding"] = encoding
+        try:
+            return datasets.load_dataset(builder, data_files=data_files, **options)
+        except Exception as err:  # datasets wraps reader errors in DatasetGenerationError
+            if not _caused_by(err, UnicodeDecodeError):
+                raise SftError(f"could not read {_describe(files)}: {_root_cause(err)}") from err
+    culprit = next((f for f in files if _decode(f.read_bytes(), encodings) is None), files[0])
+    raise SftError(_encoding_message(culprit, encodings))
+
+
+def _has_no_rows(file: Path) -> bool:
+    """A CSV/TSV with a header alone, or a JSON(L) file with no records (read cheaply)."""
+    if file.suffix == ".parquet":
+        return False
+    with file.open("rb") as f:
+        head = [line for line in (f.readline() for _ in range(2)) if line.strip()]
+    if file.suffix in (".csv", ".tsv"):
+        return len(head) < 2
+    return not head or (
+        file.suffix == ".json" and b"".join(h.strip() for h in head) in (b"[]", b"{}")
+    )
+
+
+def _read_text_tree(
+    root: Path, encodings: list[str] | tuple[str, ...], text_column: str, label_column: str
+) -> datasets.Dataset:
+    """One example per .txt file; the file's parent folder name is its label."""
+    texts, labels = [], []
+    for class_dir in _subdirs(root):
+        files = sorted(class_dir.glob("*.txt"))
+        if not files:
+            raise SftError(f"class folder '{class_dir}' has no .txt files; add some or remove it")
+        for file in files:
+            text = _decode(file.read_bytes(), encodings)
+            if text is None:
+                raise SftError(_encoding_message(file, encodings))
+            texts.append(text)
+            labels.append(class_dir.name)
+    if not texts:
+        raise SftError(f"'{root}' has no class folders of .txt files")
+    return datasets.Dataset.from_dict({text_column: texts, label_column: labels})
+
+
+def _decode(raw: bytes, encodings: list[str] | tuple[str, ...]) -> str | None:
+    for encoding in encodings:
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
+def _encoding_message(file: Path, encodings: list[str] | tuple[str, ...]) -> str:
+    try:
+        file.read_bytes().decode(encodings[0])
+        detail = ""
+    except UnicodeDecodeError as err:
+        detail = f" (byte 0x{err.object[err.start]:02x} at position {err.start})"
+    tried = ", ".join(encodings)
+    return (
+        f"{file} is not valid {tried} text{detail}; re-save it as UTF-8, or list its encoding in "
+        f"data.encodings, e.g. data.encodings=[utf-8,latin-1]"
+    )
+
+
+def _load_hub(path: str, name: str | None) -> datasets.DatasetDict:
+    try:
+        loaded = datasets.load_dataset(path, name)
+    except Exception as err:
+        raise SftError(
+            f"data.path '{path}' is neither a local file or directory nor a dataset the hub "
+            f"could serve ({_root_cause(err)}); check the path or hub id"
+        ) from err
+    return _rename_splits(loaded, path)
+
+
+def _rename_splits(loaded: datasets.DatasetDict, source: Path | str) -> datasets.DatasetDict:
+    renamed = {}
+    for split, ds in loaded.items():
+        canonical = SPLIT_NAMES.get(split.lower())
+        if canonical is None:
+            log.warning("ignoring split '%s' of %s (not train/validation/test)", split, source)
+        elif canonical not in renamed:
+            renamed[canonical] = ds
+    return datasets.DatasetDict(renamed)
+
+
+def _caused_by(err: BaseException | None, kind: type) -> bool:
+    while err is not None:
+        if isinstance(err, kind):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _root_cause(err: BaseException) -> str:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def _describe(files: list[Path]) -> str:
+    return str(files[0]) if len(files) == 1 else f"{files[0].parent}/ ({len(files)} files)"

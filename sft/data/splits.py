@@ -1,0 +1,147 @@
+"""From a raw `DatasetDict` to checked train / validation / test splits with integer labels.
+
+Modality-agnostic: it knows the label column and the name of the input column, nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from sft.errors import SftError
+
+log = logging.getLogger(__name__)
+
+LABELS = "labels"  # the integer label column every model in transformers reads
+
+
+@dataclass
+class Splits:
+    train: datasets.Dataset
+    validation: datasets.Dataset
+    test: datasets.Dataset | None
+    labels: list[str]  # label names; a label's id is its index here
+
+    def items(self) -> list[tuple[str, datasets.Dataset]]:
+        named = [("train", self.train), ("validation", self.validation), ("test", self.test)]
+        return [(name, ds) for name, ds in named if ds is not None]
+
+
+def build_splits(
+    raw: datasets.DatasetDict,
+    *,
+    source: str,
+    input_column: str,
+    label_column: str,
+    eval_fraction: float = 0.1,
+    test_fraction: float = 0.0,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    seed: int = 42,
+) -> Splits:
+    """Check columns and labels, carve missing validation/test splits out of train, cap sizes.
+
+    Labels: a `ClassLabel` column keeps its names; otherwise the sorted distinct train values
+    become the names (numbers sorted numerically), so the mapping is the same on every run.
+    """
+    if "train" not in raw:
+        raise SftError(
+            f"{source} has no train split (found: {sorted(raw)}); name a file or folder 'train'"
+        )
+    for split, ds in raw.items():
+        missing = [
+            (key, col)
+            for key, col in (
+                ("data.text_column", input_column),
+                ("data.label_column", label_column),
+            )
+            if col not in ds.column_names
+        ]
+        if missing:
+            key, col = missing[0]
+            raise SftError(
+                f"column '{col}' not found in the {split} split of {source}; columns found: "
+                f"{ds.column_names}; set {key}=<one of them>"
+            )
+        if len(ds) == 0:
+            raise SftError(f"the {split} split of {source} is empty; it needs at least one row")
+
+    names, encode = _label_names(raw["train"], label_column)
+    encoded = {}
+    for split, ds in raw.items():
+        values = ds[label_column]
+        values = list(values) if not isinstance(values, list) else values
+        unseen = sorted({str(v) for v in values if encode(v) is None})
+        if unseen:
+            raise SftError(
+                f"the {split} split of {source} has label(s) {unseen[:5]} that train never saw "
+                f"(train labels: {names}); drop those rows or add training examples for them"
+            )
+        ids = [encode(v) for v in values]
+        keep = [c for c in ds.column_names if c == input_column]
+        encoded[split] = ds.select_columns(keep).add_column(LABELS, ids)
+
+    train = encoded["train"]
+    test = encoded.get("test")
+    if test is None and test_fraction > 0:
+        train, test = _stratified_split(train, test_fraction, seed, "data.test_fraction")
+    validation = encoded.get("validation")
+    if validation is None:
+        train, validation = _stratified_split(train, eval_fraction, seed, "data.eval_fraction")
+
+    return Splits(
+        train=_cap(train, max_train_samples, seed),
+        validation=_cap(validation, max_eval_samples, seed),
+        test=_cap(test, max_eval_samples, seed) if test is not None else None,
+        labels=names,
+    )
+
+
+def _label_names(train: datasets.Dataset, column: str):
+    feature = train.features[column]
+    if isinstance(feature, datasets.ClassLabel):
+        names = list(feature.names)
+        return names, lambda v: v if isinstance(v, int) and 0 <= v < len(names) else None
+    values = set(train[column])
+    if None in values:
+        raise SftError(
+            f"the train split has empty labels in column '{column}'; fill or drop those rows"
+        )
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        ordered = sorted(values)
+    else:
+        ordered = sorted(values, key=str)
+    names = [str(v) for v in ordered]
+    index = {str(v): i for i, v in enumerate(ordered)}
+    return names, lambda v: index.get(str(v))
+
+
+def _stratified_split(
+    ds: datasets.Dataset, fraction: float, seed: int, key: str
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    if not 0 < fraction < 1:
+        raise SftError(f"{key}={fraction} must lie between 0 and 1 to carve a split out of train")
+    labels = ds[LABELS]
+    labels = list(labels) if not isinstance(labels, list) else labels
+    held_out = max(1, round(len(ds) * fraction))
+    if held_out >= len(ds):
+        raise SftError(f"train has {len(ds)} rows: too few to hold out {key}={fraction}")
+    counts = Counter(labels)
+    stratify = labels if min(counts.values()) >= 2 and held_out >= len(counts) else None
+    if stratify is None:
+        log.warning("too few examples per class to stratify %s; splitting at random", key)
+    keep, hold = train_test_split(
+        np.arange(len(ds)), test_size=held_out, random_state=seed, stratify=stratify
+    )
+    return ds.select(sorted(keep)), ds.select(sorted(hold))
+
+
+def _cap(ds: datasets.Dataset, limit: int | None, seed: int) -> datasets.Dataset:
+    if limit is None or limit >= len(ds):
+        return ds
+    return ds.shuffle(seed=seed).select(range(limit))

@@ -1,0 +1,29 @@
+"""F1 score, macro-averaged by default (an `evaluate` metric)."""
+
+import datasets
+import evaluate
+from sklearn.metrics import f1_score
+
+
+class F1(evaluate.Metric):
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description="Harmonic mean of precision and recall, averaged over classes.",
+            citation="",
+            inputs_description="predictions and references: lists of integer class ids; "
+            "average: macro (default), micro, weighted, or None for one score per class",
+            features=datasets.Features(
+                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
+            ),
+        )
+
+    def _compute(self, predictions, references, labels=None, average="macro", sample_weight=None):
+        score = f1_score(
+            references,
+            predictions,
+            labels=labels,
+            average=average,
+            sample_weight=sample_weight,
+            zero_division=0,
+        )
+        return {"f1": score.tolist() if hasattr(score, "tolist") and score.ndim else float(score)}

@@ -1,0 +1,45 @@
+"""The model layer: a pretrained checkpoint with a fresh classification head for our labels."""
+
+from __future__ import annotations
+
+import logging
+
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+from sft.errors import SftError
+
+log = logging.getLogger(__name__)
+
+# Which Auto class builds a classifier for each task; images and speech plug in here.
+AUTO_CLASSES = {"text-classification": AutoModelForSequenceClassification}
+
+
+def load_classifier(
+    checkpoint: str,
+    labels: list[str],
+    task: str = "text-classification",
+    revision: str | None = None,
+) -> PreTrainedModel:
+    """Load `checkpoint` with a classification head sized and named for `labels`.
+
+    A head trained for other labels (a different size) is replaced, not an error: replacing the
+    head is what fine-tuning a pretrained checkpoint for a new label set means.
+    """
+    if task not in AUTO_CLASSES:
+        raise SftError(f"task '{task}' is not supported; choose one of {sorted(AUTO_CLASSES)}")
+    try:
+        model = AUTO_CLASSES[task].from_pretrained(
+            checkpoint,
+            revision=revision,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+        )
+    except Exception as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise SftError(
+            f"model.checkpoint '{checkpoint}' could not be loaded ({type(err).__name__}: "
+            f"{first_line}); use a hub id or a directory with config.json and model weights"
+        ) from err
+    return model

@@ -1,0 +1,60 @@
+"""PNG plots of a run: loss and accuracy curves from the history, and a confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def plot_curves(history: list[dict], out_dir: Path) -> list[Path]:
+    """loss.png (train and eval loss by step) and accuracy.png (eval accuracy and F1 by step)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train = [r for r in history if r["kind"] == "train"]
+    evals = [r for r in history if r["kind"] == "eval"]
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
+    ax.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="validation")
+    _finish(ax, "loss", "cross-entropy loss")
+    fig.savefig(out_dir / "loss.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in ("accuracy", "f1"):
+        ax.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=key)
+    _finish(ax, "validation accuracy and macro-F1", "score")
+    fig.savefig(out_dir / "accuracy.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return [out_dir / "loss.png", out_dir / "accuracy.png"]
+
+
+def plot_confusion(matrix: list[list[int]], labels: list[str], title: str, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    counts = np.asarray(matrix)
+    size = max(4.0, 0.6 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    threshold = counts.max() / 2 if counts.size else 0
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, str(n), ha="center", va="center", color="white" if n > threshold else "black")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _finish(ax, title: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()

@@ -1,0 +1,256 @@
+"""Entry point: `python -m sft.train recipe=bert_news [key=value ...]`, or the same under
+`accelerate launch -m sft.train ...`.
+
+Hydra composes conf/ + the recipe + the command line; this module turns that config into typed
+objects and runs the job. Heavy libraries are imported inside `train`, so `--cfg job`, `--help`
+and config errors answer in about a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sft import config as schema
+from sft.errors import SftError
+
+log = logging.getLogger("sft.train")
+schema.register()
+
+
+def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
+    """Fine-tune `cfg.model.checkpoint` on `cfg.data` and write the run directory.
+
+    Returns the final metrics (test split when there is one, else validation).
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from transformers import get_scheduler
+
+    from sft import loop, metrics, plots
+    from sft.data import build_splits, load_raw, text
+    from sft.model import load_classifier
+    from sft.outputs import RunDir
+
+    accelerator = Accelerator(
+        mixed_precision=_precision(cfg.trainer.precision),
+        gradient_accumulation_steps=cfg.trainer.grad_accum_steps,
+    )
+    if not accelerator.is_main_process:
+        logging.getLogger("sft").setLevel(logging.WARNING)  # one voice: rank zero's
+    set_seed(cfg.seed)
+    out = RunDir(run_dir)
+    if accelerator.is_main_process:
+        out.write_config(cfg)
+        out.clear_results()
+        out.start_history()
+
+    data = cfg.data
+    with accelerator.main_process_first():  # rank 0 fills the datasets cache, the rest reuse it
+        raw = load_raw(
+            data.path,
+            name=data.name,
+            encodings=data.encodings,
+            text_column=data.text_column,
+            label_column=data.label_column,
+        )
+        splits = build_splits(
+            raw,
+            source=data.path,
+            input_column=data.text_column,
+            label_column=data.label_column,
+            eval_fraction=data.eval_fraction,
+            test_fraction=data.test_fraction,
+            max_train_samples=data.max_train_samples,
+            max_eval_samples=data.max_eval_samples,
+            seed=cfg.seed,
+        )
+        tokenizer = text.load_tokenizer(cfg.model.checkpoint, cfg.model.revision)
+        encoded = text.tokenize(splits, tokenizer, data.text_column, data.max_length)
+    log.info("data: %s", ", ".join(f"{name} {len(ds)}" for name, ds in encoded.items()))
+    log.info("labels (%d): %s", len(splits.labels), splits.labels)
+    model = load_classifier(cfg.model.checkpoint, splits.labels, cfg.task, cfg.model.revision)
+
+    collate = text.collator(tokenizer)
+    train_loader = DataLoader(
+        encoded.train,
+        batch_size=cfg.trainer.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        num_workers=data.num_workers,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+
+    def eval_loader(ds):
+        return DataLoader(
+            ds,
+            batch_size=cfg.trainer.eval_batch_size,
+            collate_fn=collate,
+            num_workers=data.num_workers,
+        )
+
+    optimizer = _optimizer(model, cfg.optimizer)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(
+        model, optimizer, train_loader, eval_loader(encoded.validation)
+    )
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.trainer.grad_accum_steps)
+    total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * steps_per_epoch
+    # Stepped by the loop once per optimizer step, on every process alike.
+    scheduler = get_scheduler(
+        cfg.scheduler.name,
+        optimizer,
+        num_warmup_steps=round(cfg.scheduler.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    log.info(
+        "training %d steps (%.1f epochs): batch %d per process x %d processes x %d accumulation "
+        "= %d examples per step; precision %s on %s",
+        total_steps,
+        total_steps / steps_per_epoch,
+        cfg.trainer.batch_size,
+        accelerator.num_processes,
+        cfg.trainer.grad_accum_steps,
+        cfg.trainer.batch_size * accelerator.num_processes * cfg.trainer.grad_accum_steps,
+        accelerator.mixed_precision,
+        accelerator.device,
+    )
+
+    record = out.record if accelerator.is_main_process else (lambda row: None)
+    outcome = loop.fit(
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        train_loader,
+        val_loader,
+        cfg.trainer,
+        total_steps,
+        record,
+    )
+
+    unwrapped = accelerator.unwrap_model(model)
+    if outcome.best.state is not None:
+        unwrapped.load_state_dict(outcome.best.state)
+    best_validation = loop.evaluate(accelerator, model, val_loader)
+    split = "test" if encoded.test is not None else "validation"
+    final = (
+        best_validation
+        if split == "validation"
+        else loop.evaluate(accelerator, model, accelerator.prepare(eval_loader(encoded.test)))
+    )
+    result = {
+        "split": split,
+        **metrics.report(final.predictions, final.references, splits.labels),
+        "loss": final.loss,
+        "validation": {"loss": best_validation.loss, **best_validation.scores},
+        "best_step": outcome.best.step,
+        "steps": outcome.steps,
+        "train_seconds": round(outcome.train_seconds, 1),
+    }
+    if accelerator.is_main_process:
+
+        def save(directory: Path) -> None:
+            unwrapped.save_pretrained(directory, safe_serialization=True)
+            tokenizer.save_pretrained(directory)
+
+        out.save_model(save)
+        plots.plot_curves(out.read_history(), out.plots)
+        plots.plot_confusion(
+            result["confusion_matrix"],
+            splits.labels,
+            f"{split} confusion matrix",
+            out.plots / "confusion_matrix.png",
+        )
+        out.write_metrics(result)
+        log.info(
+            "%s: accuracy %.4f, macro-F1 %.4f on %d examples; trained %d steps in %.0f s",
+            split,
+            result["accuracy"],
+            result["f1"],
+            result["num_examples"],
+            outcome.steps,
+            outcome.train_seconds,
+        )
+        log.info("run directory: %s", out.root)
+    accelerator.end_training()
+    return result
+
+
+def _precision(choice: str) -> str | None:
+    """Accelerate's mixed_precision for `trainer.precision` on this hardware."""
+    import torch
+
+    gpu = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in (
+        "1",
+        "true",
+    )
+    if choice == "auto":
+        if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+            return None  # chosen by `accelerate launch --mixed_precision` or `accelerate config`
+        if not gpu:
+            return "no"  # bf16 matmuls on CPUs without bf16 units run hundreds of times slower
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if choice == "fp32":
+        return "no"
+    if choice == "fp16" and not gpu:
+        raise SftError(
+            "trainer.precision=fp16 needs a GPU; use trainer.precision=fp32 or auto on CPU"
+        )
+    if choice == "bf16":
+        if not gpu:
+            log.warning("trainer.precision=bf16 on CPU: expect it to be far slower than fp32")
+        return "bf16"
+    if choice == "fp16":
+        return "fp16"
+    raise SftError(f"trainer.precision={choice} is not one of auto, fp32, bf16, fp16")
+
+
+def _optimizer(model, settings: schema.OptimizerConfig):
+    import torch
+
+    if settings.name.lower() != "adamw":
+        raise SftError(f"optimizer.name={settings.name} is not supported; use adamw")
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    # Biases and norm scales (the 1-d parameters) are not decayed: decay would pull them to zero.
+    groups = [
+        {"params": [p for _, p in trainable if p.ndim >= 2], "weight_decay": settings.weight_decay},
+        {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.betas), eps=settings.eps)
+
+
+def to_config(cfg: DictConfig) -> schema.Config:
+    """The composed DictConfig as typed dataclasses, with every interpolation resolved."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        cause = err.__cause__ if isinstance(err.__cause__, ValueError) else None
+        message = str(cause) if cause else str(err).splitlines()[0]
+        key = getattr(err, "full_key", None)
+        raise SftError(f"config key '{key}': {message}" if key else message) from err
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        result = train(to_config(cfg), HydraConfig.get().runtime.output_dir)
+    except SftError as err:
+        log.debug("input error", exc_info=True)
+        sys.stderr.write(f"error: {err}\n")
+        sys.exit(2)
+    return result.get(cfg.trainer.metric) if cfg.trainer.metric != "loss" else result["loss"]
+
+
+if __name__ == "__main__":
+    main()

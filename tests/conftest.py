@@ -1,0 +1,100 @@
+"""Shared fixtures: a tiny BERT checkpoint built from a config, a small learnable text corpus, and
+a helper that runs the real CLI in a subprocess. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A corpus with a learnable signal: each class has its own words, mixed with shared filler.
+CLASS_WORDS = {
+    "sport": ["match", "goal", "team", "coach", "league", "score"],
+    "tech": ["chip", "software", "robot", "laptop", "network", "code"],
+    "politics": ["vote", "minister", "party", "election", "law", "senate"],
+}
+FILLER = ["the", "a", "today", "news", "report", "said", "new", "big", "week", "people"]
+
+
+def make_rows(n_per_class: int, seed: int) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for label, words in CLASS_WORDS.items():
+        for _ in range(n_per_class):
+            tokens = rng.sample(words, 3) + rng.sample(FILLER, 4)
+            rng.shuffle(tokens)
+            rows.append({"text": " ".join(tokens), "label": label})
+    rng.shuffle(rows)
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT (random weights) with a WordPiece tokenizer, saved like a hub
+    checkpoint: config.json, model.safetensors, tokenizer.json."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = sorted({w for ws in CLASS_WORDS.values() for w in ws} | set(FILLER))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {token: i for i, token in enumerate(specials + words)}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    tokenizer = BertTokenizerFast(tokenizer_object=backend, model_max_length=64)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def text_corpus(tmp_path) -> Path:
+    """A directory with train.csv (60 rows) and test.csv (15 rows), columns text,label."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    pd.DataFrame(make_rows(20, seed=1)).to_csv(root / "train.csv", index=False)
+    pd.DataFrame(make_rows(5, seed=2)).to_csv(root / "test.csv", index=False)
+    return root
+
+
+def run_cli(*overrides: str, cwd: Path, module: str = "sft.train") -> subprocess.CompletedProcess:
+    """`python -m sft.train <overrides>` in a subprocess, offline, as a user would run it."""
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", module, *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
