@@ -1,0 +1,142 @@
+"""The training loop in-process on the tiny BERT: step counting, gradient accumulation, early
+stopping, best-model tracking, determinism, and the precision and optimizer choices."""
+
+from __future__ import annotations
+
+import datasets
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from transformers import get_scheduler
+
+from sft import loop
+from sft.config import OptimizerConfig, TrainerConfig
+from sft.data import build_splits, text
+from sft.errors import SftError
+from sft.model import load_classifier
+from sft.train import _optimizer, _precision
+from tests.conftest import make_rows
+
+
+@pytest.fixture(scope="module")
+def encoded(tiny_checkpoint):
+    raw = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list(make_rows(16, seed=1)),
+            "test": datasets.Dataset.from_list(make_rows(4, seed=2)),
+        }
+    )
+    splits = build_splits(raw, source="mem", input_column="text", label_column="label")
+    tokenizer = text.load_tokenizer(str(tiny_checkpoint))
+    return text.tokenize(splits, tokenizer, "text", 32), tokenizer
+
+
+def run_fit(tiny_checkpoint, encoded, total_steps: int, **settings):
+    """Fit from a fixed seed; returns (outcome, history rows, model)."""
+    data, tokenizer = encoded
+    set_seed(0)
+    settings = TrainerConfig(progress=False, log_every=1, **settings)
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=settings.grad_accum_steps)
+    model = load_classifier(str(tiny_checkpoint), data.labels)
+    collate = text.collator(tokenizer)
+    train = DataLoader(
+        data.train,
+        batch_size=settings.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(0),
+    )
+    val = DataLoader(data.validation, batch_size=8, collate_fn=collate)
+    optimizer = _optimizer(model, OptimizerConfig(lr=5e-3))
+    model, optimizer, train, val = accelerator.prepare(model, optimizer, train, val)
+    scheduler = get_scheduler("linear", optimizer, 0, total_steps)
+    rows: list[dict] = []
+    outcome = loop.fit(
+        accelerator, model, optimizer, scheduler, train, val, settings, total_steps, rows.append
+    )
+    return outcome, rows, accelerator.unwrap_model(model)
+
+
+def test_fit_runs_exactly_max_steps_and_evaluates_at_the_end(tiny_checkpoint, encoded):
+    outcome, rows, _ = run_fit(tiny_checkpoint, encoded, total_steps=5, batch_size=8)
+    assert outcome.steps == 5
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5]
+    assert rows[-1]["kind"] == "eval" and rows[-1]["step"] == 5
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tiny_checkpoint, encoded):
+    # 43 train rows at batch 4 = 11 batches; accumulating 2 gives 6 optimizer steps per epoch.
+    outcome, rows, _ = run_fit(
+        tiny_checkpoint, encoded, total_steps=6, batch_size=4, grad_accum_steps=2
+    )
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert outcome.steps == 6
+    assert [r["step"] for r in evals] == [6]  # one epoch = 6 optimizer steps
+
+
+def test_eval_every_n_steps(tiny_checkpoint, encoded):
+    _, rows, _ = run_fit(tiny_checkpoint, encoded, total_steps=7, batch_size=8, eval_every=3)
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [3, 6, 7]
+
+
+def test_early_stopping_stops_after_patience(tiny_checkpoint, encoded):
+    # lr 5e-3 on a tiny model: the validation metric stalls long before 200 steps.
+    outcome, rows, _ = run_fit(
+        tiny_checkpoint,
+        encoded,
+        total_steps=200,
+        batch_size=8,
+        eval_every=1,
+        early_stopping_patience=2,
+        metric="accuracy",
+    )
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert outcome.steps < 200
+    assert [r["best"] for r in evals[-2:]] == [False, False]
+    assert evals[-3]["best"] or any(r["best"] for r in evals[:-2])
+    assert outcome.best.step == max(r["step"] for r in evals if r["best"])
+
+
+def test_best_state_holds_the_weights_of_the_best_evaluation(tiny_checkpoint, encoded):
+    outcome, rows, model = run_fit(
+        tiny_checkpoint, encoded, total_steps=6, batch_size=8, eval_every=2
+    )
+    best_rows = [r for r in rows if r["kind"] == "eval" and r["best"]]
+    assert outcome.best.step == best_rows[-1]["step"]
+    model.load_state_dict(outcome.best.state)
+    accelerator = Accelerator(cpu=True)
+    data, tokenizer = encoded
+    val = DataLoader(data.validation, batch_size=8, collate_fn=text.collator(tokenizer))
+    again = loop.evaluate(accelerator, model, val)
+    assert again.loss == pytest.approx(best_rows[-1]["loss"], rel=1e-5)
+
+
+def test_same_seed_gives_the_same_history(tiny_checkpoint, encoded):
+    _, first, _ = run_fit(tiny_checkpoint, encoded, total_steps=4, batch_size=8)
+    _, second, _ = run_fit(tiny_checkpoint, encoded, total_steps=4, batch_size=8)
+    losses = [[r["loss"] for r in rows] for rows in (first, second)]
+    torch.testing.assert_close(losses[0], losses[1])
+
+
+def test_optimizer_never_decays_biases_and_norms(tiny_checkpoint, encoded):
+    data, _ = encoded
+    model = load_classifier(str(tiny_checkpoint), data.labels)
+    decayed, plain = _optimizer(model, OptimizerConfig(weight_decay=0.1)).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(not names[id(p)].endswith("bias") for p in decayed["params"])
+    assert any("LayerNorm" in names[id(p)] for p in plain["params"])
+    assert any(names[id(p)] == "classifier.bias" for p in plain["params"])
+
+
+def test_precision_auto_is_fp32_on_cpu(monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _precision("auto") == "no"
+    assert _precision("fp32") == "no"
+    with pytest.raises(SftError, match="fp16 needs a GPU"):
+        _precision("fp16")
+    with pytest.raises(SftError, match="not one of"):
+        _precision("fp8")
