@@ -25,7 +25,9 @@ class ModelConfig:
 class DataConfig:
     path: str = MISSING  # hub dataset id, local directory, or a single data file
     name: str | None = None  # hub dataset configuration name, e.g. "sst2" for glue
-    text_column: str = "text"
+    text_column: str = "text"  # read when task=text-classification
+    image_column: str = "image"  # read when task=image-classification: images or file paths
+    audio_column: str = "audio"  # read when task=audio-classification: audio or file paths
     label_column: str = "label"
     # Text files are decoded with these encodings, tried in order, before failing.
     encodings: list[str] = field(default_factory=lambda: ["utf-8"])
@@ -35,6 +37,18 @@ class DataConfig:
     max_train_samples: int | None = None  # cap on train examples (a seeded random subset)
     max_eval_samples: int | None = None  # cap on validation and test examples
     num_workers: int = 0  # DataLoader worker processes; 0 keeps loading in the main process
+
+
+@dataclass
+class AugmentConfig:
+    """Random changes to train batches only (never validation or test). 0 / null = off."""
+
+    name: str = "none"
+    # Images (kornia, on resized pixel tensors in [0, 1]):
+    zoom: float = 0.0  # random resized crop keeping (1 - zoom)..1 of the area
+    hflip: float = 0.0  # probability of a horizontal flip
+    shear: float = 0.0  # affine shear, up to this many degrees either way
+    color_jitter: float = 0.0  # brightness, contrast and saturation vary by up to this factor
 
 
 @dataclass
@@ -72,12 +86,14 @@ class TrainerConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 42
     output_dir: str = MISSING  # the run directory: model/, metrics.json, plots/, history
-    task: str = "text-classification"  # what the recipe fine-tunes for; one task today
+    # text-classification | image-classification | audio-classification (pipeline task names)
+    task: str = "text-classification"
 
 
 def package_path(package: str, subpath: str = "") -> str:

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import logging
 
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForAudioClassification,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+)
 
 from sft.errors import SftError
 
 log = logging.getLogger(__name__)
 
-# Which Auto class builds a classifier for each task; images and speech plug in here.
-AUTO_CLASSES = {"text-classification": AutoModelForSequenceClassification}
+# Which Auto class builds a classifier for each task (the names `pipeline()` uses).
+AUTO_CLASSES = {
+    "text-classification": AutoModelForSequenceClassification,
+    "image-classification": AutoModelForImageClassification,
+    "audio-classification": AutoModelForAudioClassification,
+}
 
 
 def load_classifier(
@@ -43,3 +53,15 @@ def load_classifier(
             f"{first_line}); use a hub id or a directory with config.json and model weights"
         ) from err
     return model
+
+
+def num_channels(checkpoint: str, revision: str | None = None) -> int:
+    """Colour channels the checkpoint's vision model expects (3 unless its config says not)."""
+    try:
+        config = AutoConfig.from_pretrained(checkpoint, revision=revision)
+    except Exception as err:
+        raise SftError(
+            f"model.checkpoint '{checkpoint}' has no loadable config ({type(err).__name__}); use "
+            f"a hub id or a directory with config.json"
+        ) from err
+    return int(getattr(config, "num_channels", 3))

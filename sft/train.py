@@ -32,14 +32,11 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
 
     Returns the final metrics (test split when there is one, else validation).
     """
-    import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
     from transformers import get_scheduler
 
-    from sft import loop, metrics, plots
-    from sft.data import build_splits, load_raw, text
+    from sft import loop
     from sft.model import load_classifier
     from sft.outputs import RunDir
 
@@ -56,63 +53,26 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         out.clear_results()
         out.start_history()
 
-    data = cfg.data
     with accelerator.main_process_first():  # rank 0 fills the datasets cache, the rest reuse it
-        raw = load_raw(
-            data.path,
-            name=data.name,
-            encodings=data.encodings,
-            text_column=data.text_column,
-            label_column=data.label_column,
-        )
-        splits = build_splits(
-            raw,
-            source=data.path,
-            input_column=data.text_column,
-            label_column=data.label_column,
-            eval_fraction=data.eval_fraction,
-            test_fraction=data.test_fraction,
-            max_train_samples=data.max_train_samples,
-            max_eval_samples=data.max_eval_samples,
-            seed=cfg.seed,
-        )
-        tokenizer = text.load_tokenizer(cfg.model.checkpoint, cfg.model.revision)
-        encoded = text.tokenize(splits, tokenizer, data.text_column, data.max_length)
-    log.info("data: %s", ", ".join(f"{name} {len(ds)}" for name, ds in encoded.items()))
+        splits, inputs = load_data(cfg)
+    log.info("data: %s", ", ".join(f"{name} {len(ds)}" for name, ds in splits.items()))
     log.info("labels (%d): %s", len(splits.labels), splits.labels)
     model = load_classifier(cfg.model.checkpoint, splits.labels, cfg.task, cfg.model.revision)
-
-    collate = text.collator(tokenizer)
-    train_loader = DataLoader(
-        encoded.train,
-        batch_size=cfg.trainer.batch_size,
-        shuffle=True,
-        collate_fn=collate,
-        num_workers=data.num_workers,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
-
-    def eval_loader(ds):
-        return DataLoader(
-            ds,
-            batch_size=cfg.trainer.eval_batch_size,
-            collate_fn=collate,
-            num_workers=data.num_workers,
-        )
-
+    train_loader, val_loader, test_loader = _loaders(splits, inputs, cfg)
     optimizer = _optimizer(model, cfg.optimizer)
     model, optimizer, train_loader, val_loader = accelerator.prepare(
-        model, optimizer, train_loader, eval_loader(encoded.validation)
+        model, optimizer, train_loader, val_loader
     )
     steps_per_epoch = math.ceil(len(train_loader) / cfg.trainer.grad_accum_steps)
     total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * steps_per_epoch
-    # Stepped by the loop once per optimizer step, on every process alike.
+    # Not handed to `prepare`: the loop steps it once per optimizer step, on every process alike.
     scheduler = get_scheduler(
         cfg.scheduler.name,
         optimizer,
         num_warmup_steps=round(cfg.scheduler.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
+    global_batch = cfg.trainer.batch_size * accelerator.num_processes * cfg.trainer.grad_accum_steps
     log.info(
         "training %d steps (%.1f epochs): batch %d per process x %d processes x %d accumulation "
         "= %d examples per step; precision %s on %s",
@@ -121,7 +81,7 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         cfg.trainer.batch_size,
         accelerator.num_processes,
         cfg.trainer.grad_accum_steps,
-        cfg.trainer.batch_size * accelerator.num_processes * cfg.trainer.grad_accum_steps,
+        global_batch,
         accelerator.mixed_precision,
         accelerator.device,
     )
@@ -142,49 +102,136 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     unwrapped = accelerator.unwrap_model(model)
     if outcome.best.state is not None:
         unwrapped.load_state_dict(outcome.best.state)
-    best_validation = loop.evaluate(accelerator, model, val_loader)
-    split = "test" if encoded.test is not None else "validation"
-    final = (
-        best_validation
-        if split == "validation"
-        else loop.evaluate(accelerator, model, accelerator.prepare(eval_loader(encoded.test)))
-    )
+    validation = loop.evaluate(accelerator, model, val_loader)
+    final = validation
+    if test_loader is not None:
+        final = loop.evaluate(accelerator, model, accelerator.prepare(test_loader))
     result = {
-        "split": split,
-        **metrics.report(final.predictions, final.references, splits.labels),
-        "loss": final.loss,
-        "validation": {"loss": best_validation.loss, **best_validation.scores},
+        "split": "test" if test_loader is not None else "validation",
+        **_report(final, splits.labels),
+        "validation": {"loss": validation.loss, **validation.scores},
         "best_step": outcome.best.step,
         "steps": outcome.steps,
         "train_seconds": round(outcome.train_seconds, 1),
     }
     if accelerator.is_main_process:
-
-        def save(directory: Path) -> None:
-            unwrapped.save_pretrained(directory, safe_serialization=True)
-            tokenizer.save_pretrained(directory)
-
-        out.save_model(save)
-        plots.plot_curves(out.read_history(), out.plots)
-        plots.plot_confusion(
-            result["confusion_matrix"],
-            splits.labels,
-            f"{split} confusion matrix",
-            out.plots / "confusion_matrix.png",
-        )
-        out.write_metrics(result)
-        log.info(
-            "%s: accuracy %.4f, macro-F1 %.4f on %d examples; trained %d steps in %.0f s",
-            split,
-            result["accuracy"],
-            result["f1"],
-            result["num_examples"],
-            outcome.steps,
-            outcome.train_seconds,
-        )
-        log.info("run directory: %s", out.root)
+        _write_results(out, unwrapped, inputs.processor, result)
     accelerator.end_training()
     return result
+
+
+def load_data(cfg: schema.Config):
+    """Raw data -> checked splits -> model inputs, for the modality of `cfg.task`."""
+    from sft.data import build_splits, load_raw
+
+    data = cfg.data
+    inputs, key = make_inputs(cfg)
+    raw = load_raw(
+        data.path,
+        name=data.name,
+        encodings=data.encodings,
+        input_column=inputs.column,
+        label_column=data.label_column,
+        input_is_path=cfg.task != "text-classification",
+    )
+    splits = build_splits(
+        raw,
+        source=data.path,
+        input_column=inputs.column,
+        label_column=data.label_column,
+        input_key=key,
+        eval_fraction=data.eval_fraction,
+        test_fraction=data.test_fraction,
+        max_train_samples=data.max_train_samples,
+        max_eval_samples=data.max_eval_samples,
+        seed=cfg.seed,
+    )
+    return inputs.encode(splits), inputs
+
+
+def make_inputs(cfg: schema.Config):
+    """The `Inputs` of the task's modality, and the config key naming its input column."""
+    checkpoint, revision = cfg.model.checkpoint, cfg.model.revision
+    if cfg.task == "text-classification":
+        from sft.data.text import TextInputs
+
+        inputs = TextInputs(checkpoint, cfg.data.text_column, cfg.data.max_length, revision)
+        return inputs, "data.text_column"
+    if cfg.task == "image-classification":
+        from sft.data.augment import image_augmenter
+        from sft.data.image import ImageInputs
+        from sft.model import num_channels
+
+        aug = cfg.augment
+        augment = image_augmenter(aug.zoom, aug.hflip, aug.shear, aug.color_jitter)
+        channels = num_channels(checkpoint, revision)
+        inputs = ImageInputs(checkpoint, cfg.data.image_column, channels, augment, revision)
+        return inputs, "data.image_column"
+    raise SftError(
+        f"task={cfg.task} is not supported; use text-classification or image-classification"
+    )
+
+
+def _loaders(splits, inputs, cfg: schema.Config):
+    import torch
+    from torch.utils.data import DataLoader
+
+    def eval_loader(ds):
+        return DataLoader(
+            ds,
+            batch_size=cfg.trainer.eval_batch_size,
+            collate_fn=inputs.collator(train=False),
+            num_workers=cfg.data.num_workers,
+        )
+
+    train = DataLoader(
+        splits.train,
+        batch_size=cfg.trainer.batch_size,
+        shuffle=True,
+        collate_fn=inputs.collator(train=True),
+        num_workers=cfg.data.num_workers,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    test = eval_loader(splits.test) if splits.test is not None else None
+    return train, eval_loader(splits.validation), test
+
+
+def _report(evaluation, labels: list[str]) -> dict[str, Any]:
+    from sft import metrics
+
+    return {
+        **metrics.report(evaluation.predictions, evaluation.references, labels),
+        "loss": evaluation.loss,
+    }
+
+
+def _write_results(out, model, processor, result: dict[str, Any]) -> None:
+    """model/, plots/, then metrics.json last: its presence says the run completed."""
+    from sft import plots
+
+    def save(directory: Path) -> None:
+        model.save_pretrained(directory, safe_serialization=True)
+        processor.save_pretrained(directory)
+
+    out.save_model(save)
+    plots.plot_curves(out.read_history(), out.plots)
+    plots.plot_confusion(
+        result["confusion_matrix"],
+        result["labels"],
+        f"{result['split']} confusion matrix",
+        out.plots / "confusion_matrix.png",
+    )
+    out.write_metrics(result)
+    log.info(
+        "%s: accuracy %.4f, macro-F1 %.4f on %d examples; trained %d steps in %.0f s",
+        result["split"],
+        result["accuracy"],
+        result["f1"],
+        result["num_examples"],
+        result["steps"],
+        result["train_seconds"],
+    )
+    log.info("run directory: %s", out.root)
 
 
 def _precision(choice: str) -> str | None:

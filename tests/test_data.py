@@ -151,7 +151,7 @@ def test_load_raw_class_folders_of_txt_files(tmp_path):
     _write_txt(tmp_path / "pos" / "1.txt", "great film")
     _write_txt(tmp_path / "pos" / "2.txt", "loved it")
     _write_txt(tmp_path / "neg" / "1.txt", "awful")
-    raw = load_raw(str(tmp_path), text_column="review", label_column="sentiment")
+    raw = load_raw(str(tmp_path), input_column="review", label_column="sentiment")
     assert list(raw) == ["train"]
     train = raw["train"]
     assert set(train.column_names) == {"review", "sentiment"}
@@ -206,7 +206,7 @@ def test_load_raw_class_folder_without_txt_files_is_named(tmp_path):
     with pytest.raises(SftError) as info:
         load_raw(str(tmp_path))
     assert str(tmp_path / "neg") in str(info.value)
-    assert "no .txt files" in str(info.value)
+    assert "has no .txt, image or audio files" in str(info.value)
 
 
 def test_load_raw_non_utf8_txt_names_file_and_data_encodings(tmp_path):

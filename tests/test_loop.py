@@ -13,7 +13,8 @@ from transformers import get_scheduler
 
 from sft import loop
 from sft.config import OptimizerConfig, TrainerConfig
-from sft.data import build_splits, text
+from sft.data import build_splits
+from sft.data.text import TextInputs
 from sft.errors import SftError
 from sft.model import load_classifier
 from sft.train import _optimizer, _precision
@@ -29,18 +30,18 @@ def encoded(tiny_checkpoint):
         }
     )
     splits = build_splits(raw, source="mem", input_column="text", label_column="label")
-    tokenizer = text.load_tokenizer(str(tiny_checkpoint))
-    return text.tokenize(splits, tokenizer, "text", 32), tokenizer
+    inputs = TextInputs(str(tiny_checkpoint), "text", max_length=32)
+    return inputs.encode(splits), inputs
 
 
 def run_fit(tiny_checkpoint, encoded, total_steps: int, **settings):
     """Fit from a fixed seed; returns (outcome, history rows, model)."""
-    data, tokenizer = encoded
+    data, inputs = encoded
     set_seed(0)
     settings = TrainerConfig(progress=False, log_every=1, **settings)
     accelerator = Accelerator(cpu=True, gradient_accumulation_steps=settings.grad_accum_steps)
     model = load_classifier(str(tiny_checkpoint), data.labels)
-    collate = text.collator(tokenizer)
+    collate = inputs.collator(train=False)
     train = DataLoader(
         data.train,
         batch_size=settings.batch_size,
@@ -107,8 +108,8 @@ def test_best_state_holds_the_weights_of_the_best_evaluation(tiny_checkpoint, en
     assert outcome.best.step == best_rows[-1]["step"]
     model.load_state_dict(outcome.best.state)
     accelerator = Accelerator(cpu=True)
-    data, tokenizer = encoded
-    val = DataLoader(data.validation, batch_size=8, collate_fn=text.collator(tokenizer))
+    data, inputs = encoded
+    val = DataLoader(data.validation, batch_size=8, collate_fn=inputs.collator(train=False))
     again = loop.evaluate(accelerator, model, val)
     assert again.loss == pytest.approx(best_rows[-1]["loss"], rel=1e-5)
 

@@ -5,7 +5,8 @@ Accepted, in the order they are tried:
 - a `save_to_disk` directory;
 - a directory of split files named train / validation (val, valid, dev) / test, optionally
   sharded (`train-00000-of-00002.parquet`);
-- a directory with one sub-folder of .txt files per class (optionally under train/, test/...);
+- a directory with one sub-folder per class of .txt, image or audio files (optionally under
+  train/, validation/, test/): text files give their contents, media files their paths;
 - otherwise a hub dataset id, through `datasets.load_dataset` (the path a user online takes).
 """
 
@@ -23,6 +24,12 @@ log = logging.getLogger(__name__)
 
 # File extension -> format; every format but tsv is also the name of its `datasets` builder.
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# What a class folder may hold: file suffix -> kind of input.
+MEDIA = {
+    ".txt": "text",
+    **dict.fromkeys([".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"], "image"),
+    **dict.fromkeys([".wav", ".flac", ".ogg", ".aiff", ".aif"], "audio"),
+}
 SPLIT_NAMES = {
     "train": "train",
     "training": "train",
@@ -40,26 +47,50 @@ def load_raw(
     *,
     name: str | None = None,
     encodings: list[str] | tuple[str, ...] = ("utf-8",),
-    text_column: str = "text",
+    input_column: str = "text",
     label_column: str = "label",
+    input_is_path: bool = False,
 ) -> datasets.DatasetDict:
     """Load every split found at `path` (see the module docstring for the accepted shapes).
 
-    Split names are normalised to train / validation / test. `text_column` and `label_column`
-    name the columns built from a folder of .txt files.
+    Split names are normalised to train / validation / test. `input_column` and `label_column`
+    name the columns built from class folders. With `input_is_path`, the input column of a data
+    file holds file paths, and relative ones are taken from the data file's folder.
     """
     local = Path(path).expanduser()
+    columns = (input_column, label_column)
     if local.is_file():
-        return _load_files({"train": [local]}, encodings)
-    if local.is_dir():
-        return _load_dir(local, encodings, text_column, label_column)
-    if path.startswith((".", "/", "~")) or local.suffix in FORMATS:
+        loaded = _load_files({"train": [local]}, encodings)
+    elif local.is_dir():
+        loaded = _load_dir(local, encodings, columns)
+    elif path.startswith((".", "/", "~")) or local.suffix in FORMATS:
         raise SftError(f"data.path '{path}' does not exist; point data.path at a file or directory")
-    return _load_hub(path, name)
+    else:
+        return _load_hub(path, name)
+    if input_is_path:
+        base = local if local.is_dir() else local.parent
+        loaded = _absolute_paths(loaded, input_column, base.resolve())
+    return loaded
+
+
+def _absolute_paths(loaded: datasets.DatasetDict, column: str, base: Path) -> datasets.DatasetDict:
+    def resolve(batch: dict) -> dict:
+        batch[column] = [
+            v if not isinstance(v, str) or Path(v).is_absolute() else str(base / v)
+            for v in batch[column]
+        ]
+        return batch
+
+    return datasets.DatasetDict(
+        {
+            split: ds.map(resolve, batched=True) if column in ds.column_names else ds
+            for split, ds in loaded.items()
+        }
+    )
 
 
 def _load_dir(
-    root: Path, encodings: list[str] | tuple[str, ...], text_column: str, label_column: str
+    root: Path, encodings: list[str] | tuple[str, ...], columns: tuple[str, str]
 ) -> datasets.DatasetDict:
     if (root / "dataset_dict.json").exists() or (root / "state.json").exists():
         loaded = datasets.load_from_disk(str(root))
@@ -74,19 +105,14 @@ def _load_dir(
     }
     if split_dirs:
         return datasets.DatasetDict(
-            {
-                split: _read_text_tree(d, encodings, text_column, label_column)
-                for split, d in split_dirs.items()
-            }
+            {split: _read_class_tree(d, encodings, columns) for split, d in split_dirs.items()}
         )
-    if any(any(d.glob("*.txt")) for d in _subdirs(root)):
-        return datasets.DatasetDict(
-            {"train": _read_text_tree(root, encodings, text_column, label_column)}
-        )
+    if any(_kind(f) for d in _subdirs(root) for f in d.iterdir()):
+        return datasets.DatasetDict({"train": _read_class_tree(root, encodings, columns)})
     raise SftError(
         f"data.path '{root}' holds no data sft can read: expected split files "
         f"(train/validation/test as {', '.join(FORMATS)}), a save_to_disk directory, "
-        f"or one sub-folder of .txt files per class"
+        f"or one sub-folder per class of .txt, image or audio files"
     )
 
 
@@ -148,24 +174,40 @@ def _has_no_rows(file: Path) -> bool:
     )
 
 
-def _read_text_tree(
-    root: Path, encodings: list[str] | tuple[str, ...], text_column: str, label_column: str
+def _kind(file: Path) -> str | None:
+    """'text', 'image' or 'audio' for a file a class folder may hold, else None."""
+    if file.name.startswith("."):
+        return None
+    return MEDIA.get(file.suffix.lower())
+
+
+def _read_class_tree(
+    root: Path, encodings: list[str] | tuple[str, ...], columns: tuple[str, str]
 ) -> datasets.Dataset:
-    """One example per .txt file; the file's parent folder name is its label."""
-    texts, labels = [], []
+    """One example per file; the file's parent folder name is its label. Text files give their
+    contents, image and audio files their absolute paths (decoded later, by the modality)."""
+    input_column, label_column = columns
+    inputs, labels, kinds = [], [], set()
     for class_dir in _subdirs(root):
-        files = sorted(class_dir.glob("*.txt"))
+        files = sorted(f for f in class_dir.iterdir() if f.is_file() and _kind(f))
         if not files:
-            raise SftError(f"class folder '{class_dir}' has no .txt files; add some or remove it")
+            raise SftError(
+                f"class folder '{class_dir}' has no .txt, image or audio files; add some or "
+                f"remove it"
+            )
         for file in files:
-            text = _decode(file.read_bytes(), encodings)
-            if text is None:
-                raise SftError(_encoding_message(file, encodings))
-            texts.append(text)
+            kinds.add(_kind(file))
+            if _kind(file) == "text":
+                text = _decode(file.read_bytes(), encodings)
+                if text is None:
+                    raise SftError(_encoding_message(file, encodings))
+                inputs.append(text)
+            else:
+                inputs.append(str(file.resolve()))
             labels.append(class_dir.name)
-    if not texts:
-        raise SftError(f"'{root}' has no class folders of .txt files")
-    return datasets.Dataset.from_dict({text_column: texts, label_column: labels})
+    if len(kinds) > 1:
+        raise SftError(f"'{root}' mixes {' and '.join(sorted(kinds))} files; keep one kind")
+    return datasets.Dataset.from_dict({input_column: inputs, label_column: labels})
 
 
 def _decode(raw: bytes, encodings: list[str] | tuple[str, ...]) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import datasets
@@ -31,6 +32,15 @@ class Splits:
         named = [("train", self.train), ("validation", self.validation), ("test", self.test)]
         return [(name, ds) for name, ds in named if ds is not None]
 
+    def map(self, fn: Callable[[datasets.Dataset, str], datasets.Dataset]) -> Splits:
+        """The same splits with `fn(dataset, split_name)` applied to each."""
+        return Splits(
+            train=fn(self.train, "train"),
+            validation=fn(self.validation, "validation"),
+            test=fn(self.test, "test") if self.test is not None else None,
+            labels=self.labels,
+        )
+
 
 def build_splits(
     raw: datasets.DatasetDict,
@@ -38,6 +48,7 @@ def build_splits(
     source: str,
     input_column: str,
     label_column: str,
+    input_key: str = "data.text_column",
     eval_fraction: float = 0.1,
     test_fraction: float = 0.0,
     max_train_samples: int | None = None,
@@ -57,7 +68,7 @@ def build_splits(
         missing = [
             (key, col)
             for key, col in (
-                ("data.text_column", input_column),
+                (input_key, input_column),
                 ("data.label_column", label_column),
             )
             if col not in ds.column_names

@@ -1,0 +1,25 @@
+"""The seam between data and modality: how raw examples of one kind become model inputs.
+
+The loop, metrics and outputs see only batches of tensors; each modality (text today, images
+and speech next) implements `Inputs` in its own module of `sft/data/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from sft.data.splits import Splits
+
+
+class Inputs(Protocol):
+    column: str  # the raw input column: text, image or audio
+    processor: Any  # tokenizer, image processor or feature extractor; saved beside the model
+
+    def encode(self, splits: Splits) -> Splits:
+        """One-off preprocessing of every split (tokenization, decoding checks)."""
+        ...
+
+    def collator(self, train: bool) -> Callable[[list[dict]], dict[str, Any]]:
+        """Turns a list of examples into a batch; `train=True` may add augmentation."""
+        ...
