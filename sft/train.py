@@ -290,8 +290,10 @@ def to_config(cfg: DictConfig) -> schema.Config:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    # In a sweep each job runs in its own sub-directory: record where this one really is.
+    cfg.output_dir = HydraConfig.get().runtime.output_dir
     try:
-        result = train(to_config(cfg), HydraConfig.get().runtime.output_dir)
+        result = train(to_config(cfg), cfg.output_dir)
     except SftError as err:
         log.debug("input error", exc_info=True)
         sys.stderr.write(f"error: {err}\n")

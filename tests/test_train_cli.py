@@ -111,3 +111,25 @@ def test_config_yaml_is_resolved(trained, tiny_checkpoint):
     assert saved["model"]["checkpoint"] == str(tiny_checkpoint)
     assert saved["data"]["path"] == str(corpus)
     assert saved["trainer"]["epochs"] == 10
+
+
+def test_multirun_gives_each_job_its_own_run_directory(tmp_path, tiny_checkpoint, text_corpus):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m",
+        "recipe=bert_news",
+        f"model.checkpoint={tiny_checkpoint}",
+        f"data.path={text_corpus}",
+        "data.max_length=32",
+        "trainer.max_steps=2",
+        "trainer.progress=false",
+        "optimizer.lr=1e-3,2e-3",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    for job, lr in (("0", 1e-3), ("1", 2e-3)):
+        saved = yaml.safe_load((sweep / job / "config.yaml").read_text())
+        assert saved["optimizer"]["lr"] == lr
+        assert saved["output_dir"] == str(sweep / job)
+        assert (sweep / job / "metrics.json").is_file()
