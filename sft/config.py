@@ -107,8 +107,15 @@ def package_path(package: str, subpath: str = "") -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / subpath)
 
 
+def repo_path(subpath: str = "") -> str:
+    """A path inside the sft checkout (where `make` prepares data), from any working directory."""
+    return str(Path(__file__).resolve().parents[1] / subpath)
+
+
 def register() -> None:
-    """Make the schema and the `${sft.package:...}` resolver known to Hydra and OmegaConf."""
+    """Make the schema and the `${sft.package:...}` / `${sft.repo:...}` resolvers known."""
     ConfigStore.instance().store(name="schema", node=Config)
     if not OmegaConf.has_resolver("sft.package"):
         OmegaConf.register_new_resolver("sft.package", package_path)
+    if not OmegaConf.has_resolver("sft.repo"):
+        OmegaConf.register_new_resolver("sft.repo", repo_path)
