@@ -7,7 +7,9 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check --constraint constraints.txt
 ARGS   ?=
 
-.PHONY: install train test lint format bench clean
+IMAGE_RECIPE ?= vit_fashion_mnist
+
+.PHONY: install train test lint format bench clean data-images train-images
 
 install: $(STAMP)
 
@@ -22,6 +24,28 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 train: install  ## fine-tune the offline default (recipe=bert_news); extra overrides via ARGS="..."
 	$(BIN)/python -m sft.train recipe=bert_news $(ARGS)
+
+# Offline image default: Fashion-MNIST from Debian's dataset-fashion-mnist package (fetched with
+# `apt-get download`, unpacked into .cache/: no root needed once apt's lists exist), written as an
+# imagefolder; no pretrained ViT/ResNet ships offline, so a small one is built from a config.
+data-images: data/fashion_mnist/.done .cache/models/vit/config.json .cache/models/resnet/config.json
+
+data/fashion_mnist/.done: | install
+	mkdir -p .cache/debs
+	cd .cache/debs && { apt-get download dataset-fashion-mnist 2>/dev/null || \
+	  { apt-get update -qq && apt-get download dataset-fashion-mnist; }; }
+	dpkg-deb -x .cache/debs/dataset-fashion-mnist_*.deb .cache/fashion-mnist
+	$(BIN)/python -m sft.prepare fashion-mnist \
+	  --source .cache/fashion-mnist/usr/share/datasets/fashion-mnist --out data/fashion_mnist
+	touch $@
+
+.cache/models/%/config.json: | install
+	$(BIN)/python -m sft.prepare tiny-model $* --out .cache/models/$*
+
+train-images: data-images  ## the image recipe offline, on the small model (not pretrained)
+	$(BIN)/python -m sft.train recipe=$(IMAGE_RECIPE) \
+	  model.checkpoint=$(CURDIR)/.cache/models/$(firstword $(subst _, ,$(IMAGE_RECIPE))) \
+	  optimizer.lr=2e-3 trainer.epochs=10 $(ARGS)
 
 test: install  ## the whole suite, slow end-to-end tests included
 	$(BIN)/python -m pytest $(ARGS)
