@@ -9,7 +9,7 @@ ARGS   ?=
 
 IMAGE_RECIPE ?= vit_fashion_mnist
 
-.PHONY: install train test lint format bench clean data-images train-images
+.PHONY: install train test lint format bench clean data-images train-images data-speech train-speech
 
 install: $(STAMP)
 
@@ -46,6 +46,20 @@ train-images: data-images  ## the image recipe offline, on the small model (not 
 	$(BIN)/python -m sft.train recipe=$(IMAGE_RECIPE) \
 	  model.checkpoint=$(CURDIR)/.cache/models/$(firstword $(subst _, ,$(IMAGE_RECIPE))) \
 	  optimizer.lr=2e-3 trainer.epochs=10 $(ARGS)
+
+# Offline speech default: spoken digits synthesised by espeak-ng (Debian; installed here when
+# missing, which needs root), and a small wav2vec2 built from a config.
+data-speech: data/spoken_digits/.done .cache/models/wav2vec2/config.json
+
+data/spoken_digits/.done: | install
+	command -v espeak-ng >/dev/null || { apt-get update -qq && apt-get install -y -qq espeak-ng; }
+	$(BIN)/python -m sft.prepare spoken-digits --out data/spoken_digits
+	touch $@
+
+train-speech: data-speech  ## the speech recipe offline, on the small model (not pretrained)
+	$(BIN)/python -m sft.train recipe=wav2vec2_digits \
+	  model.checkpoint=$(CURDIR)/.cache/models/wav2vec2 model.freeze_feature_encoder=false \
+	  optimizer.lr=1e-3 trainer.epochs=12 $(ARGS)
 
 test: install  ## the whole suite, slow end-to-end tests included
 	$(BIN)/python -m pytest $(ARGS)

@@ -19,6 +19,8 @@ from omegaconf import MISSING, OmegaConf
 class ModelConfig:
     checkpoint: str = MISSING  # hub id or local directory, passed to `from_pretrained`
     revision: str | None = None  # hub branch, tag or commit; ignored for local directories
+    # Speech: keep the convolutional feature encoder (wav2vec2, HuBERT) at its pretrained weights.
+    freeze_feature_encoder: bool = False
 
 
 @dataclass
@@ -32,6 +34,7 @@ class DataConfig:
     # Text files are decoded with these encodings, tried in order, before failing.
     encodings: list[str] = field(default_factory=lambda: ["utf-8"])
     max_length: int = 256  # tokens per example; longer texts are truncated
+    max_duration: float | None = None  # seconds of audio per clip: crop (random on train) or pad
     eval_fraction: float = 0.1  # share of train held out for validation when none is given
     test_fraction: float = 0.0  # share of train held out for test when none is given (0 = none)
     max_train_samples: int | None = None  # cap on train examples (a seeded random subset)
@@ -49,6 +52,11 @@ class AugmentConfig:
     hflip: float = 0.0  # probability of a horizontal flip
     shear: float = 0.0  # affine shear, up to this many degrees either way
     color_jitter: float = 0.0  # brightness, contrast and saturation vary by up to this factor
+    # Speech (audiomentations, on waveforms); each applies to a clip with probability `p`:
+    gain_db: float = 0.0  # random gain within +-gain_db decibels
+    noise_snr_db: list[float] | None = None  # [min, max] SNR of added Gaussian noise, in dB
+    shift: float = 0.0  # time shift (with roll-over) up to this fraction of the clip
+    p: float = 0.5
 
 
 @dataclass

@@ -29,11 +29,13 @@ def load_classifier(
     labels: list[str],
     task: str = "text-classification",
     revision: str | None = None,
+    freeze_feature_encoder: bool = False,
 ) -> PreTrainedModel:
     """Load `checkpoint` with a classification head sized and named for `labels`.
 
     A head trained for other labels (a different size) is replaced, not an error: replacing the
     head is what fine-tuning a pretrained checkpoint for a new label set means.
+    `freeze_feature_encoder` keeps a speech model's convolutional front end fixed.
     """
     if task not in AUTO_CLASSES:
         raise SftError(f"task '{task}' is not supported; choose one of {sorted(AUTO_CLASSES)}")
@@ -52,6 +54,13 @@ def load_classifier(
             f"model.checkpoint '{checkpoint}' could not be loaded ({type(err).__name__}: "
             f"{first_line}); use a hub id or a directory with config.json and model weights"
         ) from err
+    if freeze_feature_encoder:
+        if not hasattr(model, "freeze_feature_encoder"):
+            raise SftError(
+                f"model.freeze_feature_encoder=true, but {type(model).__name__} has no "
+                f"convolutional feature encoder; set it to false"
+            )
+        model.freeze_feature_encoder()
     return model
 
 

@@ -2,19 +2,27 @@
 
     python -m sft.prepare fashion-mnist --source DIR --out data/fashion_mnist
         Fashion-MNIST idx files (Debian's dataset-fashion-mnist) -> an imagefolder of PNGs.
-    python -m sft.prepare tiny-model vit|resnet --out DIR
-        A small image classifier built from a config (random weights) with its image processor,
-        saved like a hub checkpoint: for offline runs and tests where no pretrained one exists.
+    python -m sft.prepare spoken-digits --out data/spoken_digits
+        "zero".."nine" spoken by espeak-ng (Debian) in many voices, speeds and pitches -> an
+        audiofolder of WAVs; the test split uses voices the train split never hears.
+    python -m sft.prepare tiny-model vit|resnet|wav2vec2 --out DIR
+        A small classifier built from a config (random weights) with its image processor or
+        feature extractor, saved like a hub checkpoint: for offline runs and tests where no
+        pretrained one exists.
 
-The Makefile runs these (`make data-images`); users online need none of them.
+The Makefile runs these (`make data-images`, `make data-speech`); users online need none.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import logging
+import shutil
 import struct
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +73,45 @@ def fashion_mnist(source: Path, out: Path, train_per_class: int, test_per_class:
     return out
 
 
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+TRAIN_VOICES = ["en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-us-nyc"]
+TEST_VOICES = ["en-gb-x-gbclan", "en-gb-x-gbcwmd"]
+VARIANTS = ["m1", "m3", "f1", "f3", "f4"]  # espeak-ng voice variants: male and female timbres
+
+
+def spoken_digits(out: Path, speeds=(130, 175), pitches=(35, 70)) -> Path:
+    """Write `out/{train,test}/<digit>/<voice>-<variant>-<speed>-<pitch>.wav` (22,050 Hz mono)."""
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        raise SystemExit("espeak-ng is not installed: `apt-get install espeak-ng` (Debian)")
+    jobs = []
+    for split, voices in (("train", TRAIN_VOICES), ("test", TEST_VOICES)):
+        for digit, voice, variant, speed, pitch in itertools.product(
+            DIGITS, voices, VARIANTS, speeds, pitches
+        ):
+            path = out / split / digit / f"{voice}-{variant}-{speed}-{pitch}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            voice_arg = f"{voice}+{variant}"
+            jobs.append(
+                [
+                    espeak,
+                    "-v",
+                    voice_arg,
+                    "-s",
+                    str(speed),
+                    "-p",
+                    str(pitch),
+                    "-w",
+                    str(path),
+                    digit,
+                ]
+            )
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda cmd: subprocess.run(cmd, check=True, capture_output=True), jobs))
+    log.info("wrote %d clips to %s", len(jobs), out)
+    return out
+
+
 def tiny_model(kind: str, out: Path, image_size: int = 32, num_channels: int = 3) -> Path:
     """A small, randomly initialised `kind` (vit | resnet) classifier plus image processor."""
     from transformers import (
@@ -107,8 +154,33 @@ def tiny_model(kind: str, out: Path, image_size: int = 32, num_channels: int = 3
             image_mean=[0.5] * num_channels,
             image_std=[0.5] * num_channels,
         )
+    elif kind == "wav2vec2":
+        from transformers import (
+            Wav2Vec2Config,
+            Wav2Vec2FeatureExtractor,
+            Wav2Vec2ForSequenceClassification,
+        )
+
+        # Layer-norm variant (as wav2vec2-large-lv60): padding with an attention mask then
+        # leaves each clip's outputs unchanged, so batched and single-clip predictions agree.
+        config = Wav2Vec2Config(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            feat_extract_norm="layer",
+            do_stable_layer_norm=True,
+            conv_dim=(32, 32, 32),
+            conv_kernel=(10, 8, 8),
+            conv_stride=(5, 4, 4),  # one frame per 80 samples (5 ms at 16 kHz)
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+            classifier_proj_size=64,
+        )
+        model = Wav2Vec2ForSequenceClassification(config)
+        processor = Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True)
     else:
-        raise ValueError(f"unknown tiny model kind '{kind}'; use vit or resnet")
+        raise ValueError(f"unknown tiny model kind '{kind}'; use vit, resnet or wav2vec2")
     model.save_pretrained(out)
     processor.save_pretrained(out)
     log.info("wrote %s", out)
@@ -126,13 +198,17 @@ def main(argv: list[str] | None = None) -> None:
     fm.add_argument("--out", type=Path, required=True)
     fm.add_argument("--train-per-class", type=int, default=600)  # 6,000 train images in all
     fm.add_argument("--test-per-class", type=int, default=100)  # 1,000 test images in all
-    tm = commands.add_parser("tiny-model", help="a small image classifier from a config")
-    tm.add_argument("kind", choices=["vit", "resnet"])
+    sd = commands.add_parser("spoken-digits", help="espeak-ng digits -> audiofolder")
+    sd.add_argument("--out", type=Path, required=True)
+    tm = commands.add_parser("tiny-model", help="a small classifier from a config")
+    tm.add_argument("kind", choices=["vit", "resnet", "wav2vec2"])
     tm.add_argument("--out", type=Path, required=True)
     tm.add_argument("--image-size", type=int, default=32)
     args = parser.parse_args(argv)
     if args.command == "fashion-mnist":
         fashion_mnist(args.source, args.out, args.train_per_class, args.test_per_class)
+    elif args.command == "spoken-digits":
+        spoken_digits(args.out)
     else:
         tiny_model(args.kind, args.out, args.image_size)
 

@@ -57,7 +57,13 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         splits, inputs = load_data(cfg)
     log.info("data: %s", ", ".join(f"{name} {len(ds)}" for name, ds in splits.items()))
     log.info("labels (%d): %s", len(splits.labels), splits.labels)
-    model = load_classifier(cfg.model.checkpoint, splits.labels, cfg.task, cfg.model.revision)
+    model = load_classifier(
+        cfg.model.checkpoint,
+        splits.labels,
+        cfg.task,
+        cfg.model.revision,
+        freeze_feature_encoder=cfg.model.freeze_feature_encoder,
+    )
     train_loader, val_loader, test_loader = _loaders(splits, inputs, cfg)
     optimizer = _optimizer(model, cfg.optimizer)
     model, optimizer, train_loader, val_loader = accelerator.prepare(
@@ -167,8 +173,19 @@ def make_inputs(cfg: schema.Config):
         channels = num_channels(checkpoint, revision)
         inputs = ImageInputs(checkpoint, cfg.data.image_column, channels, augment, revision)
         return inputs, "data.image_column"
+    if cfg.task == "audio-classification":
+        from sft.data.audio import AudioInputs
+        from sft.data.augment import audio_augmenter
+
+        aug = cfg.augment
+        augment = audio_augmenter(aug.gain_db, aug.noise_snr_db, aug.shift, aug.p)
+        inputs = AudioInputs(
+            checkpoint, cfg.data.audio_column, cfg.data.max_duration, augment, revision
+        )
+        return inputs, "data.audio_column"
     raise SftError(
-        f"task={cfg.task} is not supported; use text-classification or image-classification"
+        f"task={cfg.task} is not supported; use text-classification, image-classification or "
+        f"audio-classification"
     )
 
 
@@ -184,13 +201,16 @@ def _loaders(splits, inputs, cfg: schema.Config):
             num_workers=cfg.data.num_workers,
         )
 
+    generator = torch.Generator().manual_seed(cfg.seed)
+    sampler = inputs.sampler(splits.train, cfg.trainer.batch_size, generator)
     train = DataLoader(
         splits.train,
         batch_size=cfg.trainer.batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         collate_fn=inputs.collator(train=True),
         num_workers=cfg.data.num_workers,
-        generator=torch.Generator().manual_seed(cfg.seed),
+        generator=generator,
     )
     test = eval_loader(splits.test) if splits.test is not None else None
     return train, eval_loader(splits.validation), test

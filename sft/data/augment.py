@@ -1,10 +1,12 @@
-"""Train-time augmentation, built from plain numbers by a well-kept library: kornia for images
-(batched, on tensors; torchvision does not install beside the CPU torch)."""
+"""Train-time augmentation, built from plain numbers by well-kept libraries: kornia for images
+(batched, on tensors; torchvision does not install beside the CPU torch) and audiomentations
+for speech (per clip, on waveforms)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 
@@ -42,3 +44,31 @@ def _pipeline(shape: tuple[int, ...], zoom: float, hflip: float, shear: float, j
         saturation = jitter if channels == 3 else 0.0
         steps.append(K.ColorJitter(jitter, jitter, saturation, p=1.0))
     return torch.nn.Sequential(*steps)
+
+
+def audio_augmenter(
+    gain_db: float = 0.0,
+    noise_snr_db: list[float] | tuple[float, float] | None = None,
+    shift: float = 0.0,
+    p: float = 0.5,
+) -> Callable[[np.ndarray, int], np.ndarray] | None:
+    """A function (samples, sampling_rate) -> augmented samples of the same length, or None
+    when every knob is off. Randomness comes from numpy's and Python's seeded RNGs."""
+    if not (gain_db or noise_snr_db or shift):
+        return None
+    import audiomentations as A
+
+    steps = []
+    if gain_db > 0:
+        steps.append(A.Gain(min_gain_db=-gain_db, max_gain_db=gain_db, p=p))
+    if noise_snr_db:
+        low, high = noise_snr_db
+        steps.append(A.AddGaussianSNR(min_snr_db=low, max_snr_db=high, p=p))
+    if shift > 0:
+        steps.append(A.Shift(min_shift=-shift, max_shift=shift, p=p))
+    pipeline = A.Compose(steps)
+
+    def augment(samples: np.ndarray, sampling_rate: int) -> np.ndarray:
+        return pipeline(samples=samples, sample_rate=sampling_rate)
+
+    return augment

@@ -13,11 +13,12 @@ import datasets
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from sft.data.inputs import Inputs
 from sft.data.splits import LABELS, Splits
 from sft.errors import SftError
 
 
-class ImageInputs:
+class ImageInputs(Inputs):
     """Decodes and processes images per batch; `augment` (train batches only) works on pixel
     tensors in [0, 1] after resizing and before normalisation."""
 

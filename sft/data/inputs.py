@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import datasets
+import torch
+
 from sft.data.splits import Splits
 
 
@@ -23,3 +26,10 @@ class Inputs(Protocol):
     def collator(self, train: bool) -> Callable[[list[dict]], dict[str, Any]]:
         """Turns a list of examples into a batch; `train=True` may add augmentation."""
         ...
+
+    def sampler(
+        self, ds: datasets.Dataset, batch_size: int, generator: torch.Generator
+    ) -> torch.utils.data.Sampler | None:
+        """The train sampler, when the modality wants its own (speech groups by duration);
+        None means plain shuffling."""
+        return None

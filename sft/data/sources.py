@@ -81,12 +81,13 @@ def _absolute_paths(loaded: datasets.DatasetDict, column: str, base: Path) -> da
         ]
         return batch
 
-    return datasets.DatasetDict(
-        {
-            split: ds.map(resolve, batched=True) if column in ds.column_names else ds
-            for split, ds in loaded.items()
-        }
-    )
+    def fix(ds: datasets.Dataset) -> datasets.Dataset:
+        if column not in ds.column_names or not isinstance(ds.features[column], datasets.Value):
+            return ds  # absent, or already an Image/Audio feature
+        # pandas-read CSVs give large_string, which Arrow cannot cast to Image/Audio structs.
+        return ds.map(resolve, batched=True).cast_column(column, datasets.Value("string"))
+
+    return datasets.DatasetDict({split: fix(ds) for split, ds in loaded.items()})
 
 
 def _load_dir(

@@ -8,11 +8,12 @@ from typing import Any
 import datasets
 from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from sft.data.inputs import Inputs
 from sft.data.splits import LABELS, Splits
 from sft.errors import SftError
 
 
-class TextInputs:
+class TextInputs(Inputs):
     """Tokenizes a text column once, up front; batches are padded to their longest member."""
 
     def __init__(self, checkpoint: str, column: str, max_length: int, revision: str | None = None):
