@@ -5,7 +5,7 @@
     python -m sft.prepare spoken-digits --out data/spoken_digits
         "zero".."nine" spoken by espeak-ng (Debian) in many voices, speeds and pitches -> an
         audiofolder of WAVs; the test split uses voices the train split never hears.
-    python -m sft.prepare tiny-model vit|resnet|wav2vec2 --out DIR
+    python -m sft.prepare tiny-model vit|resnet|wav2vec2|whisper --out DIR
         A small classifier built from a config (random weights) with its image processor or
         feature extractor, saved like a hub checkpoint: for offline runs and tests where no
         pretrained one exists.
@@ -179,8 +179,27 @@ def tiny_model(kind: str, out: Path, image_size: int = 32, num_channels: int = 3
         )
         model = Wav2Vec2ForSequenceClassification(config)
         processor = Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True)
+    elif kind == "whisper":
+        from transformers import (
+            WhisperConfig,
+            WhisperFeatureExtractor,
+            WhisperForAudioClassification,
+        )
+
+        config = WhisperConfig(
+            d_model=32,
+            encoder_layers=2,
+            encoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_layers=1,
+            decoder_attention_heads=2,
+            decoder_ffn_dim=64,
+            num_mel_bins=80,
+        )
+        model = WhisperForAudioClassification(config)
+        processor = WhisperFeatureExtractor(feature_size=80)
     else:
-        raise ValueError(f"unknown tiny model kind '{kind}'; use vit, resnet or wav2vec2")
+        raise ValueError(f"unknown tiny model kind '{kind}'; use vit, resnet, wav2vec2 or whisper")
     model.save_pretrained(out)
     processor.save_pretrained(out)
     log.info("wrote %s", out)
@@ -201,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     sd = commands.add_parser("spoken-digits", help="espeak-ng digits -> audiofolder")
     sd.add_argument("--out", type=Path, required=True)
     tm = commands.add_parser("tiny-model", help="a small classifier from a config")
-    tm.add_argument("kind", choices=["vit", "resnet", "wav2vec2"])
+    tm.add_argument("kind", choices=["vit", "resnet", "wav2vec2", "whisper"])
     tm.add_argument("--out", type=Path, required=True)
     tm.add_argument("--image-size", type=int, default=32)
     args = parser.parse_args(argv)

@@ -169,6 +169,17 @@ def test_freeze_feature_encoder_freezes_only_the_convolutions(tiny_wav2vec2):
     assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith("classifier"))
 
 
+def test_whisper_encoder_gets_its_fixed_30_second_window(audiofolder, tmp_path):
+    from sft.model import load_classifier
+
+    checkpoint = tiny_model("whisper", tmp_path / "whisper")
+    encoded, inputs = encoded_splits(audiofolder, checkpoint)
+    batch = inputs.collator(train=False)([encoded.test[i] for i in range(3)])
+    assert batch["input_features"].shape == (3, 80, 3000)
+    model = load_classifier(str(checkpoint), encoded.labels, "audio-classification")
+    assert torch.isfinite(model(**batch).loss)
+
+
 @pytest.mark.slow
 def test_cli_trains_evaluates_and_saves_a_pipeline_ready_model(
     tmp_path, audiofolder, tiny_wav2vec2
