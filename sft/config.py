@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -60,9 +61,28 @@ class AugmentConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """What trains. Blocks are found from the model's structure (see sft/finetune.py)."""
+
+    strategy: str = "full"  # full | head_only | top_k | pattern
+    k: int = 2  # top_k: how many of the top blocks train (with the head)
+    train: list[str] = field(default_factory=list)  # pattern: regexes of parameters to train
+    freeze: list[str] = field(default_factory=list)  # pattern: regexes of parameters to freeze
+
+
+@dataclass
+class LossConfig:
+    label_smoothing: float = 0.0  # share of target mass spread evenly over all classes
+    # none | auto (inverse class frequency in train) | a list with one weight per label
+    class_weights: Any = "none"
+
+
+@dataclass
 class OptimizerConfig:
     name: str = "adamw"
     lr: float = 5e-5
+    head_lr: float | None = None  # learning rate of the new head; None = lr
+    layer_decay: float = 1.0  # lr factor per block from the top (0.65..0.9 typical); 1 = off
     weight_decay: float = 0.01  # applied to weights only, never to biases or norm layers
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
@@ -95,10 +115,13 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 42
+    dry_run: bool = False  # build model and data, print the parameter-group table, train nothing
     output_dir: str = MISSING  # the run directory: model/, metrics.json, plots/, history
     # text-classification | image-classification | audio-classification (pipeline task names)
     task: str = "text-classification"

@@ -70,9 +70,11 @@ def fit(
     settings: TrainerConfig,
     total_steps: int,
     record: Callable[[dict], None],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
 ) -> Outcome:
     """Train for `total_steps` optimizer steps, evaluating each epoch (or every `eval_every`
-    steps); `record` receives every history row. Returns the best model's weights and step."""
+    steps); `record` receives every history row; `loss_fn(logits, labels)` is the training
+    loss. Returns the best model's weights and step."""
     best = Best(settings.metric)
     steps_per_epoch = math.ceil(len(train_loader) / settings.grad_accum_steps)
     eval_every = settings.eval_every or steps_per_epoch
@@ -86,7 +88,7 @@ def fit(
     for epoch in range(math.ceil(total_steps / steps_per_epoch)):
         for batch in train_loader:
             with accelerator.accumulate(model):
-                loss = model(**batch).loss
+                loss = loss_fn(model(**batch).logits, batch["labels"])
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and settings.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)

@@ -50,6 +50,9 @@ class RunDir:
         shutil.rmtree(self.model, ignore_errors=True)
         staging.rename(self.model)
 
+    def write_json(self, name: str, data: dict) -> None:
+        (self.root / name).write_text(json.dumps(data, indent=2) + "\n")
+
     def write_metrics(self, metrics: dict) -> None:
         staging = self.metrics.with_suffix(".partial")
         staging.write_text(json.dumps(metrics, indent=2) + "\n")

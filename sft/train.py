@@ -36,7 +36,8 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
-    from sft import loop
+    from sft import finetune, loop
+    from sft.loss import class_weights, cross_entropy
     from sft.model import load_classifier
     from sft.outputs import RunDir
 
@@ -64,8 +65,14 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         cfg.model.revision,
         freeze_feature_encoder=cfg.model.freeze_feature_encoder,
     )
+    groups = _choose_trainable(model, cfg)
+    if accelerator.is_main_process:
+        out.write_json("param_groups.json", finetune.describe(groups))
+    if cfg.dry_run:
+        accelerator.end_training()
+        return finetune.describe(groups)
     train_loader, val_loader, test_loader = _loaders(splits, inputs, cfg)
-    optimizer = _optimizer(model, cfg.optimizer)
+    optimizer = _optimizer(groups, cfg.optimizer)
     model, optimizer, train_loader, val_loader = accelerator.prepare(
         model, optimizer, train_loader, val_loader
     )
@@ -103,6 +110,10 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         cfg.trainer,
         total_steps,
         record,
+        cross_entropy(
+            class_weights(cfg.loss.class_weights, splits.train["labels"], len(splits.labels)),
+            cfg.loss.label_smoothing,
+        ),
     )
 
     unwrapped = accelerator.unwrap_model(model)
@@ -283,18 +294,41 @@ def _precision(choice: str) -> str | None:
     raise SftError(f"trainer.precision={choice} is not one of auto, fp32, bf16, fp16")
 
 
-def _optimizer(model, settings: schema.OptimizerConfig):
+def _choose_trainable(model, cfg: schema.Config) -> list[dict]:
+    """Freeze what `cfg.finetune` says, then group parameters with their learning rates."""
+    from sft import finetune
+
+    ft = cfg.finetune
+    finetune.apply_strategy(model, ft.strategy, ft.k, ft.train, ft.freeze)
+    groups = finetune.param_groups(
+        model,
+        lr=cfg.optimizer.lr,
+        weight_decay=cfg.optimizer.weight_decay,
+        head_lr=cfg.optimizer.head_lr,
+        layer_decay=cfg.optimizer.layer_decay,
+    )
+    log.info(
+        "parameter groups (finetune=%s):\n%s",
+        ft.strategy,
+        finetune.format_table(finetune.describe(groups)),
+    )
+    return groups
+
+
+def _optimizer(groups: list[dict], settings: schema.OptimizerConfig):
+    """AdamW over the trainable parameters of `groups`, each group at its own lr and decay."""
     import torch
 
     if settings.name.lower() != "adamw":
         raise SftError(f"optimizer.name={settings.name} is not supported; use adamw")
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    # Biases and norm scales (the 1-d parameters) are not decayed: decay would pull them to zero.
-    groups = [
-        {"params": [p for _, p in trainable if p.ndim >= 2], "weight_decay": settings.weight_decay},
-        {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    trainable = [
+        {"params": params, "lr": g["lr"], "weight_decay": g["weight_decay"]}
+        for g in groups
+        if (params := [p for p in g["params"] if p.requires_grad])
     ]
-    return torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.betas), eps=settings.eps)
+    return torch.optim.AdamW(
+        trainable, lr=settings.lr, betas=tuple(settings.betas), eps=settings.eps
+    )
 
 
 def to_config(cfg: DictConfig) -> schema.Config:

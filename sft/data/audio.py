@@ -1,0 +1,143 @@
+"""Speech inputs: decode WAV/FLAC/OGG with soundfile (libsndfile ships in its wheel, so no FFmpeg
+and no torchcodec), mix to mono, resample with soxr to the feature extractor's rate, crop or
+pad to `max_duration`, augment train clips (audiomentations), then the checkpoint's feature
+extractor. Batches are grouped by duration so little compute goes to padding."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import datasets
+import numpy as np
+import soundfile
+import torch
+
+from sft.data.inputs import Inputs
+from sft.data.splits import LABELS, Splits
+from sft.errors import SftError
+
+DURATION = "duration"  # seconds; added by `encode`, read by the length-grouped sampler
+
+
+class AudioInputs(Inputs):
+    def __init__(
+        self,
+        checkpoint: str,
+        column: str,
+        max_duration: float | None = None,
+        augment: Callable[[np.ndarray, int], np.ndarray] | None = None,
+        revision: str | None = None,
+    ):
+        self.column = column
+        self.max_duration = max_duration
+        self.augment = augment
+        self.processor = load_feature_extractor(checkpoint, revision)
+        self.sampling_rate = int(self.processor.sampling_rate)
+        # Whisper-style extractors work on a fixed window (`n_samples`, 30 s) that the encoder
+        # requires whole; the rest pad each batch to its longest clip.
+        self.padding = "max_length" if hasattr(self.processor, "n_samples") else "longest"
+
+    def encode(self, splits: Splits) -> Splits:
+        """Check that every clip decodes and is not empty; record its duration."""
+        return splits.map(self._check_split)
+
+    def collator(self, train: bool) -> Callable[[list[dict]], dict[str, Any]]:
+        return partial(self._collate, train=train)
+
+    def sampler(self, ds: datasets.Dataset, batch_size: int, generator: torch.Generator):
+        """Shuffled batches of similar duration (less padding), as HF Trainer's group_by_length."""
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        lengths = [int(d * 1000) for d in ds[DURATION]]
+        return LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
+
+    def _check_split(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
+        ds = ds.cast_column(self.column, datasets.Audio(decode=False))
+        durations = [_duration(row[self.column], split) for row in ds.select_columns([self.column])]
+        return ds.add_column(DURATION, durations)
+
+    def _collate(self, examples: list[dict], train: bool) -> dict[str, Any]:
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,))))  # torch's seeded RNG
+        clips = []
+        for example in examples:
+            clip = load_audio(example[self.column], self.sampling_rate)
+            clip = self._crop(clip, rng if train else None)
+            if train and self.augment is not None:
+                clip = self.augment(clip, self.sampling_rate)
+            clips.append(clip)
+        features = self.processor(
+            clips,
+            sampling_rate=self.sampling_rate,
+            padding=self.padding,
+            return_tensors="pt",
+        )
+        return {**features, LABELS: torch.tensor([e[LABELS] for e in examples])}
+
+    def _crop(self, clip: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        """At most `max_duration` seconds: a random window in training, the centre otherwise.
+        (Shorter clips are padded by the feature extractor, batch by batch.)"""
+        if self.max_duration is None:
+            return clip
+        keep = int(self.max_duration * self.sampling_rate)
+        if len(clip) <= keep:
+            return clip
+        start = (
+            int(rng.integers(0, len(clip) - keep + 1))
+            if rng is not None
+            else (len(clip) - keep) // 2
+        )
+        return clip[start : start + keep]
+
+
+def load_audio(value: dict, sampling_rate: int) -> np.ndarray:
+    """Mono float32 samples at `sampling_rate` from a `datasets.Audio(decode=False)` value."""
+    import soxr
+
+    samples, rate = _read(value, "batch")
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1)  # channels -> mono
+    if rate != sampling_rate:
+        samples = soxr.resample(samples, rate, sampling_rate)
+    return samples.astype(np.float32, copy=False)
+
+
+def _read(value: dict, split: str) -> tuple[np.ndarray, int]:
+    path, data = value.get("path"), value.get("bytes")
+    if data is None and (path is None or not os.path.exists(path)):
+        raise SftError(f"audio file '{path}' ({split} split) does not exist; fix the path")
+    source = io.BytesIO(data) if data is not None else path
+    try:
+        samples, rate = soundfile.read(source, dtype="float32", always_2d=False)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as err:
+        raise SftError(
+            f"audio '{path or 'embedded bytes'}' ({split} split) cannot be decoded ({err}); "
+            f"use WAV, FLAC or OGG, or replace the file"
+        ) from err
+    return samples, rate
+
+
+def _duration(value: dict, split: str) -> float:
+    samples, rate = _read(value, split)
+    if len(samples) == 0:
+        raise SftError(
+            f"audio '{value.get('path') or 'embedded bytes'}' ({split} split) is empty (0 "
+            f"samples); remove it"
+        )
+    return len(samples) / rate
+
+
+def load_feature_extractor(checkpoint: str, revision: str | None = None):
+    from transformers import AutoFeatureExtractor
+
+    try:
+        return AutoFeatureExtractor.from_pretrained(checkpoint, revision=revision)
+    except Exception as err:
+        raise SftError(
+            f"model.checkpoint '{checkpoint}' has no loadable feature extractor "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); point it "
+            f"at a hub id or a directory with preprocessor_config.json"
+        ) from err

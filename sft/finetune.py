@@ -1,0 +1,242 @@
+"""What trains, at which learning rate: freezing strategies and optimizer parameter groups.
+
+Works on any Hugging Face classifier by reading its structure, not a per-model name list:
+- the *blocks* are the largest list of same-class modules (transformer layers, ResNet stages,
+  EfficientNet blocks, wav2vec2 and Whisper encoder layers);
+- the *trunk* is the model's top-level child holding them; its parameters registered before the
+  first block form *below* (embeddings, stems), those after the last block form *above*
+  (poolers, final norms);
+- the *head* is every top-level child registered after the trunk (classifier, projector).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from sft.errors import SftError
+
+
+@dataclass
+class Layout:
+    """Parameter names of a model, sorted into the parts fine-tuning cares about."""
+
+    below: list[str] = field(default_factory=list)
+    blocks: list[list[str]] = field(default_factory=list)  # bottom to top
+    above: list[str] = field(default_factory=list)
+    head: list[str] = field(default_factory=list)
+    blocks_path: str = ""  # e.g. "bert.encoder.layer"
+
+    def part_of(self, name: str) -> str:
+        """'below', 'block.<i>', 'above' or 'head' for a parameter name."""
+        for i, block in enumerate(self.blocks):
+            if name in block:
+                return f"block.{i}"
+        if name in self.head:
+            return "head"
+        return "above" if name in self.above else "below"
+
+
+def find_layout(model: torch.nn.Module) -> Layout:
+    blocks_path, block_list = _largest_block_list(model)
+    if block_list is None:
+        raise SftError(
+            f"{type(model).__name__} has no repeated blocks (no list of same-class modules) to "
+            f"freeze or unfreeze by; use finetune=full, head_only or pattern"
+        )
+    names = [n for n, _ in model.named_parameters()]
+    block_names = [
+        [f"{blocks_path}.{i}.{n}" for n, _ in block.named_parameters()]
+        for i, block in enumerate(block_list)
+    ]
+    trunk = blocks_path.split(".")[0]
+    children = [name for name, _ in model.named_children()]
+    after_trunk = set(children[children.index(trunk) + 1 :])
+    head = [n for n in names if n.split(".")[0] in after_trunk]
+    in_blocks = {n for block in block_names for n in block}
+    first = names.index(block_names[0][0])
+    last = names.index(block_names[-1][-1])
+    rest = [(i, n) for i, n in enumerate(names) if n not in in_blocks and n not in set(head)]
+    return Layout(
+        below=[n for i, n in rest if i < first],
+        blocks=block_names,
+        above=[n for i, n in rest if i > last],
+        head=head,
+        blocks_path=blocks_path,
+    )
+
+
+def _largest_block_list(model: torch.nn.Module):
+    best, best_size = ("", None), 0
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.ModuleList) or len(module) < 2:
+            continue
+        if len({type(m) for m in module}) != 1:
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if size > best_size:
+            best, best_size = (name, module), size
+    return best
+
+
+def apply_strategy(
+    model: torch.nn.Module,
+    strategy: str,
+    k: int = 2,
+    train: list[str] | tuple[str, ...] = (),
+    freeze: list[str] | tuple[str, ...] = (),
+) -> None:
+    """Set `requires_grad` for `strategy`: full | head_only | top_k | pattern.
+
+    Parameters frozen before (a speech model's feature encoder) stay frozen, so
+    `model.freeze_feature_encoder` composes with every strategy.
+    """
+    params = dict(model.named_parameters())
+    already_frozen = {n for n, p in params.items() if not p.requires_grad}
+    if strategy == "full":
+        trainable = set(params)
+    elif strategy == "head_only":
+        trainable = set(find_layout(model).head)
+    elif strategy == "top_k":
+        layout = find_layout(model)
+        if not 1 <= k <= len(layout.blocks):
+            raise SftError(
+                f"finetune.k={k}, but {type(model).__name__} has {len(layout.blocks)} blocks "
+                f"({layout.blocks_path}); choose k between 1 and {len(layout.blocks)}"
+            )
+        top = [n for block in layout.blocks[-k:] for n in block]
+        trainable = set(top) | set(layout.above) | set(layout.head)
+    elif strategy == "pattern":
+        head = set(find_layout(model).head) if _has_blocks(model) else set()
+        chosen = _matching(params, train, "finetune.train") if train else set(params)
+        trainable = (chosen | head) - _matching(params, freeze, "finetune.freeze")
+    else:
+        raise SftError(
+            f"finetune.strategy={strategy} is not one of full, head_only, top_k, pattern"
+        )
+    for name, param in params.items():
+        param.requires_grad = name in trainable and name not in already_frozen
+    if not any(p.requires_grad for p in params.values()):
+        raise SftError(
+            f"finetune.strategy={strategy} leaves no parameter trainable; train more (e.g. "
+            f"finetune=head_only) or freeze less"
+        )
+
+
+def _has_blocks(model: torch.nn.Module) -> bool:
+    return _largest_block_list(model)[1] is not None
+
+
+def _matching(params: dict, patterns, key: str) -> set[str]:
+    matched = set()
+    for pattern in patterns:
+        try:
+            regex = re.compile(pattern)
+        except re.error as err:
+            raise SftError(f"{key} pattern '{pattern}' is not a valid regex ({err})") from err
+        hits = {n for n in params if regex.search(n)}
+        if not hits:
+            example = next(iter(params))
+            raise SftError(
+                f"{key} pattern '{pattern}' matches no parameter name (names look like "
+                f"'{example}'); run with dry_run=true to list them"
+            )
+        matched |= hits
+    return matched
+
+
+def param_groups(
+    model: torch.nn.Module,
+    lr: float,
+    weight_decay: float,
+    head_lr: float | None = None,
+    layer_decay: float = 1.0,
+) -> list[dict]:
+    """Optimizer groups for every parameter, frozen ones included (with `trainable: False`),
+    one per model part and decay kind, each with its learning rate:
+    - no weight decay on biases and norm scales (the 1-d parameters);
+    - `head_lr` for the head (default `lr`);
+    - `layer_decay` < 1: block i of n (from 0 at the bottom) gets lr * decay^(n - i), `below`
+      gets lr * decay^(n + 1), `above` and the head keep their rate (as BEiT / ELECTRA do).
+    """
+    # A model without blocks (rare) forms one "body" group, unless a knob needs the structure:
+    # then find_layout raises its clear error.
+    needs_layout = layer_decay != 1.0 or head_lr is not None
+    layout = find_layout(model) if needs_layout or _has_blocks(model) else None
+    n = len(layout.blocks) if layout else 0
+    groups: dict[tuple[str, bool], dict] = {}
+    for name, param in model.named_parameters():
+        part = layout.part_of(name) if layout else "body"
+        if part == "head":
+            rate = head_lr if head_lr is not None else lr
+        elif part.startswith("block."):
+            rate = lr * layer_decay ** (n - int(part.split(".")[1]))
+        elif part == "below":
+            rate = lr * layer_decay ** (n + 1)
+        else:
+            rate = lr
+        decays = param.ndim >= 2
+        key = (part, decays)
+        group = groups.setdefault(
+            key,
+            {
+                "name": f"{part}{'' if decays else '.no_decay'}",
+                "params": [],
+                "names": [],
+                "lr": rate,
+                "weight_decay": weight_decay if decays else 0.0,
+            },
+        )
+        group["params"].append(param)
+        group["names"].append(name)
+    return list(groups.values())
+
+
+def describe(groups: list[dict]) -> dict:
+    """The JSON-ready summary of `param_groups`: per group its parameter names, counts, lr and
+    weight decay, trainable or frozen, plus totals."""
+    rows = []
+    for group in groups:
+        for trainable in (True, False):
+            pairs = [
+                (n, p)
+                for n, p in zip(group["names"], group["params"], strict=True)
+                if p.requires_grad == trainable
+            ]
+            if pairs:
+                rows.append(
+                    {
+                        "name": group["name"],
+                        "trainable": trainable,
+                        "num_params": sum(p.numel() for _, p in pairs),
+                        "lr": group["lr"] if trainable else 0.0,
+                        "weight_decay": group["weight_decay"] if trainable else 0.0,
+                        "params": [n for n, _ in pairs],
+                    }
+                )
+    trainable = sum(r["num_params"] for r in rows if r["trainable"])
+    total = sum(r["num_params"] for r in rows)
+    return {
+        "groups": rows,
+        "trainable_params": trainable,
+        "frozen_params": total - trainable,
+        "total_params": total,
+    }
+
+
+def format_table(summary: dict) -> str:
+    """A plain-text table of `describe`'s groups, for the log and `dry_run=true`."""
+    lines = [f"{'group':<22} {'params':>12} {'state':<9} {'lr':>10} {'wd':>6}"]
+    for row in summary["groups"]:
+        state = "train" if row["trainable"] else "frozen"
+        lr = f"{row['lr']:.2e}" if row["trainable"] else "-"
+        wd = f"{row['weight_decay']:g}" if row["trainable"] else "-"
+        lines.append(f"{row['name']:<22} {row['num_params']:>12,} {state:<9} {lr:>10} {wd:>6}")
+    share = summary["trainable_params"] / max(summary["total_params"], 1)
+    lines.append(
+        f"trainable {summary['trainable_params']:,} of {summary['total_params']:,} "
+        f"parameters ({share:.1%}); frozen {summary['frozen_params']:,}"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,228 @@
+"""Fine-tuning control on tiny models of each architecture: the structure sft finds, exactly
+which parameters each strategy trains, learning rates per group, frozen weights untouched."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from sft import finetune
+from sft.errors import SftError
+from sft.loss import class_weights, cross_entropy
+from sft.model import load_classifier
+from sft.prepare import tiny_model
+from tests.conftest import run_cli
+
+KINDS = {
+    "vit": ("image-classification", 4),
+    "resnet": ("image-classification", 4),
+    "wav2vec2": ("audio-classification", 2),
+    "whisper": ("audio-classification", 2),
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tiny_checkpoint):
+    """A loader of fresh tiny classifiers (3 labels) by kind: bert, vit, resnet, ..."""
+    paths = {"bert": (str(tiny_checkpoint), "text-classification")}
+    for kind, (task, _) in KINDS.items():
+        torch.manual_seed(0)
+        paths[kind] = (str(tiny_model(kind, tmp_path_factory.mktemp(kind))), task)
+
+    def load(kind: str, **kwargs):
+        path, task = paths[kind]
+        return load_classifier(path, ["a", "b", "c"], task, **kwargs)
+
+    return load
+
+
+def trainable(model) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize(
+    ("kind", "blocks", "head"),
+    [
+        ("bert", 2, {"classifier.weight", "classifier.bias"}),
+        ("vit", 4, {"classifier.weight", "classifier.bias"}),
+        ("resnet", 4, {"classifier.1.weight", "classifier.1.bias"}),
+        (
+            "wav2vec2",
+            2,
+            {"projector.weight", "projector.bias", "classifier.weight", "classifier.bias"},
+        ),
+        (
+            "whisper",
+            2,
+            {"projector.weight", "projector.bias", "classifier.weight", "classifier.bias"},
+        ),
+    ],
+)
+def test_layout_finds_blocks_and_head_from_structure(models, kind, blocks, head):
+    layout = finetune.find_layout(models(kind))
+    assert len(layout.blocks) == blocks
+    assert set(layout.head) == head
+    assert all(f"{layout.blocks_path}.{i}." in block[0] for i, block in enumerate(layout.blocks))
+
+
+def test_bert_layout_places_embeddings_below_and_pooler_above(models):
+    layout = finetune.find_layout(models("bert"))
+    assert layout.blocks_path == "bert.encoder.layer"
+    assert all(n.startswith("bert.embeddings.") for n in layout.below)
+    assert set(layout.above) == {"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
+
+
+@pytest.mark.parametrize("kind", ["bert", *KINDS])
+def test_head_only_trains_exactly_the_head(models, kind):
+    model = models(kind)
+    finetune.apply_strategy(model, "head_only")
+    assert trainable(model) == set(finetune.find_layout(model).head)
+
+
+@pytest.mark.parametrize("kind", ["bert", *KINDS])
+def test_top_k_trains_the_top_blocks_what_is_above_and_the_head(models, kind):
+    model = models(kind)
+    layout = finetune.find_layout(model)
+    finetune.apply_strategy(model, "top_k", k=1)
+    expected = set(layout.blocks[-1]) | set(layout.above) | set(layout.head)
+    assert trainable(model) == expected
+    assert not any(n in trainable(model) for n in layout.blocks[0])
+
+
+def test_top_k_larger_than_the_block_count_is_an_error(models):
+    with pytest.raises(SftError, match=r"finetune.k=3.*has 2 blocks"):
+        finetune.apply_strategy(models("bert"), "top_k", k=3)
+
+
+def test_pattern_trains_matches_plus_head_minus_freezes(models):
+    model = models("bert")
+    finetune.apply_strategy(model, "pattern", train=[r"encoder\.layer\.1\."], freeze=["LayerNorm"])
+    names = trainable(model)
+    assert {"classifier.weight", "classifier.bias"} <= names
+    assert "bert.encoder.layer.1.attention.self.query.weight" in names
+    assert not any("LayerNorm" in n or "layer.0." in n or "embeddings" in n for n in names)
+
+
+def test_pattern_matching_nothing_is_an_error(models):
+    with pytest.raises(SftError, match=r"finetune.train pattern 'decoder\\.' matches no"):
+        finetune.apply_strategy(models("bert"), "pattern", train=[r"decoder\."])
+
+
+def test_freezing_everything_is_an_error(models):
+    with pytest.raises(SftError, match="leaves no parameter trainable"):
+        finetune.apply_strategy(models("bert"), "pattern", freeze=[".*"])
+
+
+def test_feature_encoder_stays_frozen_under_every_strategy(models):
+    for strategy in ("full", "top_k", "pattern"):
+        model = models("wav2vec2", freeze_feature_encoder=True)
+        finetune.apply_strategy(model, strategy, k=1)
+        assert not any(n.startswith("wav2vec2.feature_extractor.") for n in trainable(model))
+        assert "classifier.weight" in trainable(model)
+
+
+def test_layer_decay_gives_each_block_its_rate(models):
+    model = models("vit")
+    groups = finetune.param_groups(model, lr=1e-3, weight_decay=0.01, layer_decay=0.5, head_lr=5e-3)
+    rates = {g["name"]: g["lr"] for g in groups}
+    n = 4
+    for i in range(n):
+        assert rates[f"block.{i}"] == pytest.approx(1e-3 * 0.5 ** (n - i))
+    assert rates["below"] == pytest.approx(1e-3 * 0.5 ** (n + 1))
+    assert rates["above.no_decay"] == pytest.approx(1e-3)  # the final LayerNorm
+    assert rates["head"] == rates["head.no_decay"] == pytest.approx(5e-3)
+
+
+def test_biases_and_norms_get_no_weight_decay(models):
+    model = models("bert")
+    for group in finetune.param_groups(model, lr=1e-3, weight_decay=0.1):
+        params = dict(model.named_parameters())
+        dims = {params[n].ndim for n in group["names"]}
+        assert group["weight_decay"] == (0.1 if dims == {2} or min(dims) >= 2 else 0.0)
+        if group["weight_decay"] == 0.0:
+            assert all(params[n].ndim < 2 for n in group["names"])
+
+
+def test_describe_counts_trainable_and_frozen_parameters(models):
+    model = models("bert")
+    finetune.apply_strategy(model, "head_only")
+    summary = finetune.describe(finetune.param_groups(model, lr=1e-3, weight_decay=0.01))
+    total = sum(p.numel() for p in model.parameters())
+    assert summary["total_params"] == total
+    assert summary["trainable_params"] == model.classifier.weight.numel() + 3
+    names = [n for g in summary["groups"] if g["trainable"] for n in g["params"]]
+    assert sorted(names) == ["classifier.bias", "classifier.weight"]
+    assert "trainable" in finetune.format_table(summary)
+
+
+def test_frozen_weights_are_bit_identical_after_training(models):
+    model = models("bert")
+    finetune.apply_strategy(model, "top_k", k=1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    groups = finetune.param_groups(model, lr=1e-2, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for p in g["params"] if p.requires_grad], "lr": g["lr"]} for g in groups]
+    )
+    ids = torch.randint(5, 30, (4, 8))
+    for _ in range(3):
+        loss = model(input_ids=ids, labels=torch.tensor([0, 1, 2, 0])).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert not torch.equal(param, before[name]), name
+        else:
+            assert torch.equal(param, before[name]), name
+
+
+def test_auto_class_weights_are_inverse_frequency_with_mean_one():
+    weights = class_weights("auto", [0, 0, 0, 1], num_labels=2)
+    assert weights.mean().item() == pytest.approx(1.0)
+    assert weights[1] / weights[0] == pytest.approx(3.0)
+    assert class_weights("none", [0, 1], 2) is None
+    with pytest.raises(SftError, match="one per label"):
+        class_weights([1.0], [0, 1], 2)
+
+
+def test_cross_entropy_applies_smoothing_and_weights():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 1])
+    plain = cross_entropy()(logits, labels)
+    assert plain == pytest.approx(torch.nn.functional.cross_entropy(logits, labels))
+    smoothed = cross_entropy(label_smoothing=0.2)(logits, labels)
+    log_p = logits.log_softmax(-1)
+    manual = -(0.9 * log_p[[0, 1], [0, 1]] + 0.1 * log_p[[0, 1], [1, 0]]).mean()
+    assert smoothed == pytest.approx(manual)
+    weighted = cross_entropy(torch.tensor([1.0, 3.0]))(logits, labels)
+    manual_w = -(1.0 * log_p[0, 0] + 3.0 * log_p[1, 1]) / 4.0
+    assert weighted == pytest.approx(manual_w)
+    assert math.isfinite(weighted.item())
+
+
+@pytest.mark.slow
+def test_dry_run_prints_the_table_writes_param_groups_and_trains_nothing(
+    tmp_path, tiny_checkpoint, text_corpus
+):
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "recipe=bert_news",
+        f"model.checkpoint={tiny_checkpoint}",
+        f"data.path={text_corpus}",
+        f"output_dir={run_dir}",
+        "finetune=top_k",
+        "finetune.k=1",
+        "optimizer.layer_decay=0.8",
+        "dry_run=true",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "block.1" in result.stdout + result.stderr and "frozen" in result.stdout + result.stderr
+    summary = json.loads((run_dir / "param_groups.json").read_text())
+    frozen = {n for g in summary["groups"] if not g["trainable"] for n in g["params"]}
+    assert "bert.encoder.layer.0.attention.self.query.weight" in frozen
+    assert not (run_dir / "model").exists() and not (run_dir / "metrics.json").exists()
+    assert not (run_dir / "history.jsonl").exists()
