@@ -64,10 +64,16 @@ class AugmentConfig:
 class FinetuneConfig:
     """What trains. Blocks are found from the model's structure (see sft/finetune.py)."""
 
-    strategy: str = "full"  # full | head_only | top_k | pattern
+    strategy: str = "full"  # full | head_only | top_k | pattern | lora
     k: int = 2  # top_k: how many of the top blocks train (with the head)
     train: list[str] = field(default_factory=list)  # pattern: regexes of parameters to train
     freeze: list[str] = field(default_factory=list)  # pattern: regexes of parameters to freeze
+    # lora (peft): adapters of rank r on the blocks' `target_modules` (None = per architecture)
+    r: int = 8
+    alpha: int = 16  # scale = alpha / r
+    dropout: float = 0.1
+    target_modules: list[str] | None = None
+    merge: bool = True  # save a plain model with adapters merged in; false saves the adapter
 
 
 @dataclass

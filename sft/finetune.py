@@ -88,7 +88,8 @@ def apply_strategy(
     train: list[str] | tuple[str, ...] = (),
     freeze: list[str] | tuple[str, ...] = (),
 ) -> None:
-    """Set `requires_grad` for `strategy`: full | head_only | top_k | pattern.
+    """Set `requires_grad` for `strategy`: full | head_only | top_k | pattern (lora: see
+    `apply_lora`, which sets them itself).
 
     Parameters frozen before (a speech model's feature encoder) stay frozen, so
     `model.freeze_feature_encoder` composes with every strategy.
@@ -240,3 +241,52 @@ def format_table(summary: dict) -> str:
         f"parameters ({share:.1%}); frozen {summary['frozen_params']:,}"
     )
     return "\n".join(lines)
+
+
+def apply_lora(
+    model: torch.nn.Module,
+    r: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.1,
+    target_modules: list[str] | None = None,
+) -> torch.nn.Module:
+    """Wrap `model` with peft LoRA adapters on the blocks' layers named `target_modules`
+    (default: peft's choice for the architecture, e.g. query/value for BERT, else every linear
+    and convolution layer in the blocks); the head trains in full and is saved with them."""
+    from peft import LoraConfig, get_peft_model
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+
+    layout = find_layout(model)
+    block_modules = {
+        name: module
+        for name, module in model.named_modules()
+        if name.startswith(layout.blocks_path + ".")
+        and isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d))
+    }
+    found = {name.rsplit(".", 1)[-1] for name in block_modules}
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    targets = list(target_modules or PEFT_TARGETS.get(model_type) or sorted(found))
+    missing = [t for t in targets if t not in found]
+    if missing:
+        raise SftError(
+            f"finetune.target_modules {missing} are not layers of {type(model).__name__}'s "
+            f"blocks ({layout.blocks_path}); choose among {sorted(found)}"
+        )
+    head_modules = sorted({n.split(".")[0] for n in layout.head})
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        # A regex, so that only the blocks' layers get adapters (not e.g. a pooler's "dense").
+        target_modules=rf"{re.escape(layout.blocks_path)}\.\d+\..*\b({'|'.join(targets)})",
+        modules_to_save=head_modules,
+    )
+    return get_peft_model(model, config)
+
+
+def inner_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (itself otherwise), whose parameter names
+    match the checkpoint's."""
+    from peft import PeftModel
+
+    return model.base_model.model if isinstance(model, PeftModel) else model

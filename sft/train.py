@@ -65,7 +65,7 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         cfg.model.revision,
         freeze_feature_encoder=cfg.model.freeze_feature_encoder,
     )
-    groups = _choose_trainable(model, cfg)
+    model, groups = _choose_trainable(model, cfg)
     if accelerator.is_main_process:
         out.write_json("param_groups.json", finetune.describe(groups))
     if cfg.dry_run:
@@ -132,6 +132,8 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         "train_seconds": round(outcome.train_seconds, 1),
     }
     if accelerator.is_main_process:
+        if cfg.finetune.strategy == "lora" and cfg.finetune.merge:
+            unwrapped = unwrapped.merge_and_unload()  # a plain transformers model to save
         _write_results(out, unwrapped, inputs.processor, result)
     accelerator.end_training()
     return result
@@ -294,14 +296,18 @@ def _precision(choice: str) -> str | None:
     raise SftError(f"trainer.precision={choice} is not one of auto, fp32, bf16, fp16")
 
 
-def _choose_trainable(model, cfg: schema.Config) -> list[dict]:
-    """Freeze what `cfg.finetune` says, then group parameters with their learning rates."""
+def _choose_trainable(model, cfg: schema.Config):
+    """Freeze (or wrap with LoRA) what `cfg.finetune` says, then group parameters with their
+    learning rates. Returns the model to train and its groups."""
     from sft import finetune
 
     ft = cfg.finetune
-    finetune.apply_strategy(model, ft.strategy, ft.k, ft.train, ft.freeze)
+    if ft.strategy == "lora":
+        model = finetune.apply_lora(model, ft.r, ft.alpha, ft.dropout, ft.target_modules)
+    else:
+        finetune.apply_strategy(model, ft.strategy, ft.k, ft.train, ft.freeze)
     groups = finetune.param_groups(
-        model,
+        finetune.inner_model(model),
         lr=cfg.optimizer.lr,
         weight_decay=cfg.optimizer.weight_decay,
         head_lr=cfg.optimizer.head_lr,
@@ -312,7 +318,7 @@ def _choose_trainable(model, cfg: schema.Config) -> list[dict]:
         ft.strategy,
         finetune.format_table(finetune.describe(groups)),
     )
-    return groups
+    return model, groups
 
 
 def _optimizer(groups: list[dict], settings: schema.OptimizerConfig):

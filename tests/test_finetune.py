@@ -226,3 +226,81 @@ def test_dry_run_prints_the_table_writes_param_groups_and_trains_nothing(
     assert "bert.encoder.layer.0.attention.self.query.weight" in frozen
     assert not (run_dir / "model").exists() and not (run_dir / "metrics.json").exists()
     assert not (run_dir / "history.jsonl").exists()
+
+
+def test_lora_adapts_the_blocks_chosen_per_architecture_and_trains_the_head(models):
+    model = finetune.apply_lora(models("bert"), r=4)
+    names = trainable(model)
+    assert names and all("lora_" in n or "classifier.modules_to_save" in n for n in names)
+    adapted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names if "lora_" in n}
+    assert adapted == {"query", "value"}  # peft's choice for BERT
+    assert not any("pooler" in n for n in names)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_lora_falls_back_to_every_layer_in_the_blocks(models, kind):
+    model = finetune.apply_lora(models(kind), r=2)
+    layout = finetune.find_layout(finetune.inner_model(model))
+    lora = [n for n in trainable(model) if "lora_" in n]
+    assert lora and all(layout.blocks_path in n for n in lora)
+
+
+def test_lora_target_absent_from_the_model_is_an_error(models):
+    with pytest.raises(SftError, match=r"\['qkv'\] are not layers"):
+        finetune.apply_lora(models("bert"), target_modules=["qkv"])
+
+
+def test_lora_merged_model_computes_what_the_adapted_one_did(models):
+    model = finetune.apply_lora(models("bert"), r=4)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)  # B starts at zero: make the adapter matter
+    ids = torch.randint(5, 30, (3, 7))
+    model.eval()
+    adapted = model(input_ids=ids).logits
+    merged = model.merge_and_unload()
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    torch.testing.assert_close(merged(input_ids=ids).logits, adapted, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("merge", [True, False])
+def test_lora_run_saves_a_model_that_reloads_with_equal_outputs(
+    tmp_path, tiny_checkpoint, text_corpus, merge
+):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "recipe=bert_news",
+        f"model.checkpoint={tiny_checkpoint}",
+        f"data.path={text_corpus}",
+        f"output_dir={run_dir}",
+        "finetune=lora",
+        f"finetune.merge={str(merge).lower()}",
+        "optimizer.lr=1e-2",
+        "trainer.epochs=2",
+        "data.max_length=32",
+        "trainer.progress=false",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    model_dir = run_dir / "model"
+    assert (model_dir / "adapter_config.json").exists() != merge
+    if merge:
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    else:
+        from peft import PeftModel
+
+        base = AutoModelForSequenceClassification.from_pretrained(
+            tiny_checkpoint, num_labels=3, ignore_mismatched_sizes=True
+        )
+        model = PeftModel.from_pretrained(base, model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    texts = (text_corpus / "test.csv").read_text().splitlines()[1:]
+    batch = tokenizer([t.rsplit(",", 1)[0] for t in texts], padding=True, return_tensors="pt")
+    predictions = model.eval()(**batch).logits.argmax(-1)
+    labels = {"politics": 0, "sport": 1, "tech": 2}
+    truth = torch.tensor([labels[t.rsplit(",", 1)[1]] for t in texts])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (predictions == truth).float().mean().item() == pytest.approx(metrics["accuracy"])
