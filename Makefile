@@ -68,6 +68,9 @@ train-speech: data-speech  ## the speech recipe offline, on the small model (not
 test: install speech-tools  ## the whole suite, slow end-to-end tests included
 	$(BIN)/python -m pytest $(ARGS)
 
+bench: install  ## fine-tuning strategies on bert_news, measured (about 30 min on 2 CPU cores)
+	$(BIN)/python bench/strategies.py $(ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

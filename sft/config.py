@@ -41,6 +41,9 @@ class DataConfig:
     max_train_samples: int | None = None  # cap on train examples (a seeded random subset)
     max_eval_samples: int | None = None  # cap on validation and test examples
     num_workers: int = 0  # DataLoader worker processes; 0 keeps loading in the main process
+    sampler: str = (
+        "default"  # default | balanced (every class drawn equally often, with replacement)
+    )
 
 
 @dataclass
@@ -64,8 +67,9 @@ class AugmentConfig:
 class FinetuneConfig:
     """What trains. Blocks are found from the model's structure (see sft/finetune.py)."""
 
-    strategy: str = "full"  # full | head_only | top_k | pattern | lora
+    strategy: str = "full"  # full | head_only | top_k | pattern | gradual | lora
     k: int = 2  # top_k: how many of the top blocks train (with the head)
+    every: int = 1  # gradual: epochs between unfreezing one more block from the top
     train: list[str] = field(default_factory=list)  # pattern: regexes of parameters to train
     freeze: list[str] = field(default_factory=list)  # pattern: regexes of parameters to freeze
     # lora (peft): adapters of rank r on the blocks' `target_modules` (None = per architecture)
@@ -114,6 +118,9 @@ class TrainerConfig:
     metric: str = "f1"  # validation metric that picks the best model: f1 | accuracy | loss
     early_stopping_patience: int = 0  # stop after N evals without improvement; 0 = never
     progress: bool = True  # show a progress bar
+    # Recompute activations in backward (less memory, ~30% more compute). Non-reentrant, so
+    # gradients stay right when the layers below are frozen.
+    gradient_checkpointing: bool = False
 
 
 @dataclass

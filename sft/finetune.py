@@ -88,8 +88,8 @@ def apply_strategy(
     train: list[str] | tuple[str, ...] = (),
     freeze: list[str] | tuple[str, ...] = (),
 ) -> None:
-    """Set `requires_grad` for `strategy`: full | head_only | top_k | pattern (lora: see
-    `apply_lora`, which sets them itself).
+    """Set `requires_grad` for `strategy`: full | head_only | top_k | pattern | gradual (its
+    start: the head alone; see `GradualUnfreezing`). lora: see `apply_lora`.
 
     Parameters frozen before (a speech model's feature encoder) stay frozen, so
     `model.freeze_feature_encoder` composes with every strategy.
@@ -107,15 +107,17 @@ def apply_strategy(
                 f"finetune.k={k}, but {type(model).__name__} has {len(layout.blocks)} blocks "
                 f"({layout.blocks_path}); choose k between 1 and {len(layout.blocks)}"
             )
-        top = [n for block in layout.blocks[-k:] for n in block]
-        trainable = set(top) | set(layout.above) | set(layout.head)
+        trainable = _top(layout, k)
+    elif strategy == "gradual":
+        trainable = set(find_layout(model).head)  # GradualUnfreezing opens the blocks later
     elif strategy == "pattern":
         head = set(find_layout(model).head) if _has_blocks(model) else set()
         chosen = _matching(params, train, "finetune.train") if train else set(params)
         trainable = (chosen | head) - _matching(params, freeze, "finetune.freeze")
     else:
         raise SftError(
-            f"finetune.strategy={strategy} is not one of full, head_only, top_k, pattern"
+            f"finetune.strategy={strategy} is not one of full, head_only, top_k, pattern, "
+            f"gradual, lora"
         )
     for name, param in params.items():
         param.requires_grad = name in trainable and name not in already_frozen
@@ -124,6 +126,37 @@ def apply_strategy(
             f"finetune.strategy={strategy} leaves no parameter trainable; train more (e.g. "
             f"finetune=head_only) or freeze less"
         )
+
+
+def _top(layout: Layout, k: int) -> set[str]:
+    """The head, the top `k` blocks and, when any block trains, what sits above the blocks."""
+    top = {n for block in layout.blocks[len(layout.blocks) - k :] for n in block} if k else set()
+    return set(layout.head) | top | (set(layout.above) if k else set())
+
+
+class GradualUnfreezing:
+    """ULMFiT-style schedule: the head alone for the first `every` epochs, then one more block
+    from the top every `every` epochs, until everything trains. Parameters frozen before it
+    started (a speech feature encoder) stay frozen. The optimizer must hold every parameter from
+    the start: AdamW skips those without gradients and starts their state when they get one."""
+
+    def __init__(self, model: torch.nn.Module, every: int = 1):
+        if every < 1:
+            raise SftError(f"finetune.every={every} must be at least 1 epoch")
+        self.model, self.every = model, every
+        self.layout = find_layout(model)
+        self.keep_frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+
+    def blocks_open(self, epoch: int) -> int:
+        return min(len(self.layout.blocks), epoch // self.every)
+
+    def apply(self, epoch: int) -> int:
+        """Set `requires_grad` for `epoch` (from 0); returns how many blocks train."""
+        k = self.blocks_open(epoch)
+        trainable = _top(self.layout, k)
+        for name, param in self.model.named_parameters():
+            param.requires_grad = name in trainable and name not in self.keep_frozen
+        return k
 
 
 def _has_blocks(model: torch.nn.Module) -> bool:

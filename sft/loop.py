@@ -71,10 +71,11 @@ def fit(
     total_steps: int,
     record: Callable[[dict], None],
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> Outcome:
     """Train for `total_steps` optimizer steps, evaluating each epoch (or every `eval_every`
     steps); `record` receives every history row; `loss_fn(logits, labels)` is the training
-    loss. Returns the best model's weights and step."""
+    loss; `on_epoch(epoch)` runs as each epoch starts. Returns the best weights and step."""
     best = Best(settings.metric)
     steps_per_epoch = math.ceil(len(train_loader) / settings.grad_accum_steps)
     eval_every = settings.eval_every or steps_per_epoch
@@ -86,6 +87,8 @@ def fit(
     step, seen, running_loss, start = 0, 0, [], time.perf_counter()
     model.train()
     for epoch in range(math.ceil(total_steps / steps_per_epoch)):
+        if on_epoch is not None:
+            on_epoch(epoch)
         for batch in train_loader:
             with accelerator.accumulate(model):
                 loss = loss_fn(model(**batch).logits, batch["labels"])

@@ -33,7 +33,7 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     Returns the final metrics (test split when there is one, else validation).
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from transformers import get_scheduler
 
     from sft import finetune, loop
@@ -41,9 +41,14 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     from sft.model import load_classifier
     from sft.outputs import RunDir
 
+    gradual = cfg.finetune.strategy == "gradual"
     accelerator = Accelerator(
         mixed_precision=_precision(cfg.trainer.precision),
         gradient_accumulation_steps=cfg.trainer.grad_accum_steps,
+        # Blocks frozen for a while get no gradients; DDP must expect that.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
+        if gradual
+        else None,
     )
     if not accelerator.is_main_process:
         logging.getLogger("sft").setLevel(logging.WARNING)  # one voice: rank zero's
@@ -65,17 +70,30 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         cfg.model.revision,
         freeze_feature_encoder=cfg.model.freeze_feature_encoder,
     )
+    if cfg.trainer.gradient_checkpointing:
+        _enable_gradient_checkpointing(model)
     model, groups = _choose_trainable(model, cfg)
-    if accelerator.is_main_process:
-        out.write_json("param_groups.json", finetune.describe(groups))
-    if cfg.dry_run:
-        accelerator.end_training()
-        return finetune.describe(groups)
     train_loader, val_loader, test_loader = _loaders(splits, inputs, cfg)
     optimizer = _optimizer(groups, cfg.optimizer)
     model, optimizer, train_loader, val_loader = accelerator.prepare(
         model, optimizer, train_loader, val_loader
     )
+    # Gradual unfreezing freezes only now: DDP, wrapping the model above, ignores for good the
+    # parameters that were frozen when it was built.
+    unfreezer = None
+    if gradual:
+        inner = finetune.inner_model(accelerator.unwrap_model(model))
+        unfreezer = finetune.GradualUnfreezing(inner, cfg.finetune.every)
+        unfreezer.apply(0)
+    summary = finetune.describe(groups)
+    log.info(
+        "parameter groups (finetune=%s):\n%s", cfg.finetune.strategy, finetune.format_table(summary)
+    )
+    if accelerator.is_main_process:
+        out.write_json("param_groups.json", summary)
+    if cfg.dry_run:
+        accelerator.end_training()
+        return summary
     steps_per_epoch = math.ceil(len(train_loader) / cfg.trainer.grad_accum_steps)
     total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * steps_per_epoch
     # Not handed to `prepare`: the loop steps it once per optimizer step, on every process alike.
@@ -100,6 +118,13 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     )
 
     record = out.record if accelerator.is_main_process else (lambda row: None)
+
+    def on_epoch(epoch: int) -> None:
+        if unfreezer is not None:
+            blocks = unfreezer.apply(epoch)
+            record({"kind": "unfreeze", "epoch": epoch, "blocks_training": blocks})
+            log.info("epoch %d: %d of %d blocks train", epoch, blocks, len(unfreezer.layout.blocks))
+
     outcome = loop.fit(
         accelerator,
         model,
@@ -114,6 +139,7 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
             class_weights(cfg.loss.class_weights, splits.train["labels"], len(splits.labels)),
             cfg.loss.label_smoothing,
         ),
+        on_epoch,
     )
 
     unwrapped = accelerator.unwrap_model(model)
@@ -215,7 +241,12 @@ def _loaders(splits, inputs, cfg: schema.Config):
         )
 
     generator = torch.Generator().manual_seed(cfg.seed)
-    sampler = inputs.sampler(splits.train, cfg.trainer.batch_size, generator)
+    if cfg.data.sampler == "balanced":
+        sampler = _balanced_sampler(splits.train["labels"], generator)
+    elif cfg.data.sampler == "default":
+        sampler = inputs.sampler(splits.train, cfg.trainer.batch_size, generator)
+    else:
+        raise SftError(f"data.sampler={cfg.data.sampler} is not one of default, balanced")
     train = DataLoader(
         splits.train,
         batch_size=cfg.trainer.batch_size,
@@ -227,6 +258,17 @@ def _loaders(splits, inputs, cfg: schema.Config):
     )
     test = eval_loader(splits.test) if splits.test is not None else None
     return train, eval_loader(splits.validation), test
+
+
+def _balanced_sampler(labels, generator):
+    """Draws examples with probability 1 / (size of their class): classes equally often."""
+    import numpy as np
+    import torch
+
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+    return torch.utils.data.WeightedRandomSampler(weights, len(labels), generator=generator)
 
 
 def _report(evaluation, labels: list[str]) -> dict[str, Any]:
@@ -296,6 +338,18 @@ def _precision(choice: str) -> str | None:
     raise SftError(f"trainer.precision={choice} is not one of auto, fp32, bf16, fp16")
 
 
+def _enable_gradient_checkpointing(model) -> None:
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise SftError(
+            f"{type(model).__name__} does not support gradient checkpointing; set "
+            f"trainer.gradient_checkpointing=false"
+        )
+    # Reentrant checkpointing drops the gradients of a block whose inputs do not require grad
+    # (above frozen layers); transformers patches that by making the embedding outputs require
+    # grad, which backpropagates through every frozen layer. Non-reentrant needs neither.
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def _choose_trainable(model, cfg: schema.Config):
     """Freeze (or wrap with LoRA) what `cfg.finetune` says, then group parameters with their
     learning rates. Returns the model to train and its groups."""
@@ -304,6 +358,8 @@ def _choose_trainable(model, cfg: schema.Config):
     ft = cfg.finetune
     if ft.strategy == "lora":
         model = finetune.apply_lora(model, ft.r, ft.alpha, ft.dropout, ft.target_modules)
+    elif ft.strategy == "gradual":
+        finetune.find_layout(model)  # fails now, clearly, if there are no blocks to unfreeze
     else:
         finetune.apply_strategy(model, ft.strategy, ft.k, ft.train, ft.freeze)
     groups = finetune.param_groups(
@@ -312,11 +368,6 @@ def _choose_trainable(model, cfg: schema.Config):
         weight_decay=cfg.optimizer.weight_decay,
         head_lr=cfg.optimizer.head_lr,
         layer_decay=cfg.optimizer.layer_decay,
-    )
-    log.info(
-        "parameter groups (finetune=%s):\n%s",
-        ft.strategy,
-        finetune.format_table(finetune.describe(groups)),
     )
     return model, groups
 

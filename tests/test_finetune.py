@@ -304,3 +304,86 @@ def test_lora_run_saves_a_model_that_reloads_with_equal_outputs(
     truth = torch.tensor([labels[t.rsplit(",", 1)[1]] for t in texts])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert (predictions == truth).float().mean().item() == pytest.approx(metrics["accuracy"])
+
+
+def test_gradient_checkpointing_keeps_gradients_above_frozen_layers(models):
+    from sft.train import _enable_gradient_checkpointing
+
+    ids = torch.randint(5, 30, (4, 8))
+    labels = torch.tensor([0, 1, 2, 0])
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)  # the same new head in both runs
+        model = models("bert")
+        if checkpointing:
+            _enable_gradient_checkpointing(model)
+        finetune.apply_strategy(model, "top_k", k=1)
+        for module in model.modules():  # no dropout: both runs compute the same function
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        model.train()  # checkpointing is active in training mode only
+        model(input_ids=ids, labels=labels).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    plain, checkpointed = grads
+    assert set(plain) == set(checkpointed)
+    for name, grad in plain.items():
+        assert checkpointed[name] is not None, name
+        torch.testing.assert_close(checkpointed[name], grad)
+
+
+def test_gradual_unfreezing_opens_one_block_from_the_top_every_n_epochs(models):
+    model = models("vit")  # 4 blocks
+    layout = finetune.find_layout(model)
+    schedule = finetune.GradualUnfreezing(model, every=2)
+    for epoch, open_blocks in [(0, 0), (1, 0), (2, 1), (3, 1), (4, 2), (8, 4), (20, 4)]:
+        assert schedule.apply(epoch) == open_blocks
+        expected = set(layout.head)
+        if open_blocks:
+            expected |= set(layout.above)
+            expected |= {n for block in layout.blocks[4 - open_blocks :] for n in block}
+        assert trainable(model) == expected, epoch
+
+
+def test_gradual_unfreezing_trains_newly_opened_blocks_with_the_same_optimizer(models):
+    model = models("bert")  # 2 blocks
+    layout = finetune.find_layout(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)  # every parameter, from the start
+    schedule = finetune.GradualUnfreezing(model, every=1)
+    ids, labels = torch.randint(5, 30, (4, 8)), torch.tensor([0, 1, 2, 0])
+
+    def step() -> dict[str, torch.Tensor]:
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        model(input_ids=ids, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return {n: not torch.equal(p, before[n]) for n, p in model.named_parameters()}
+
+    schedule.apply(0)
+    moved = step()
+    assert {n for n, m in moved.items() if m} == set(layout.head)
+    schedule.apply(1)
+    moved = step()
+    assert all(moved[n] for n in layout.blocks[1] if n.endswith("weight"))
+    assert not any(moved[n] for n in layout.blocks[0])
+
+
+@pytest.mark.slow
+def test_gradual_run_follows_its_schedule(tmp_path, tiny_checkpoint, text_corpus):
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "recipe=bert_news",
+        f"model.checkpoint={tiny_checkpoint}",
+        f"data.path={text_corpus}",
+        f"output_dir={run_dir}",
+        "finetune=gradual",
+        "trainer.epochs=4",
+        "data.max_length=32",
+        "trainer.progress=false",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [r["blocks_training"] for r in rows if r["kind"] == "unfreeze"] == [0, 1, 2, 2]
+    summary = json.loads((run_dir / "param_groups.json").read_text())
+    trained = {n for g in summary["groups"] if g["trainable"] for n in g["params"]}
+    assert trained == {"classifier.weight", "classifier.bias"}  # the schedule's start

@@ -131,3 +131,15 @@ def test_precision_auto_is_fp32_on_cpu(monkeypatch):
         _precision("fp16")
     with pytest.raises(SftError, match="not one of"):
         _precision("fp8")
+
+
+def test_balanced_sampler_draws_every_class_about_equally():
+    from collections import Counter
+
+    from sft.train import _balanced_sampler
+
+    labels = [0] * 90 + [1] * 9 + [2] * 1
+    sampler = _balanced_sampler(labels, torch.Generator().manual_seed(0))
+    draws = Counter(labels[i] for _ in range(30) for i in sampler)
+    assert len(list(sampler)) == 100
+    assert min(draws.values()) / max(draws.values()) > 0.9

@@ -1,0 +1,82 @@
+"""Benchmark: fine-tuning strategies on the offline bert_news default (all-MiniLM-L6-v2 on BBC
+News), each a full `python -m sft.train` run. Writes bench/results/strategies.md and .json.
+
+    python bench/strategies.py [--only full,lora] [extra overrides...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+# name -> overrides on top of recipe=bert_news (lr per strategy: frozen bodies and adapters
+# take larger steps than full fine-tuning).
+STRATEGIES = {
+    "full": [],
+    "head_only": ["finetune=head_only", "optimizer.lr=2e-3"],
+    "top_k=2": ["finetune=top_k", "finetune.k=2", "optimizer.lr=2e-4"],
+    "lora (r=8, query/value)": ["finetune=lora", "optimizer.lr=1e-3"],
+    "full + layer_decay=0.8": ["optimizer.layer_decay=0.8", "optimizer.lr=2e-4"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", default="", help="comma-separated strategy names")
+    args, extra = parser.parse_known_args()
+    chosen = [s for s in STRATEGIES if not args.only or s in args.only.split(",")]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in chosen:
+        run_dir = RESULTS / "runs" / name.split()[0].replace("=", "")
+        command = [
+            sys.executable,
+            "-m",
+            "sft.train",
+            "recipe=bert_news",
+            f"output_dir={run_dir}",
+            "trainer.progress=false",
+            *STRATEGIES[name],
+            *extra,
+        ]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
+        wall = time.perf_counter() - start
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        groups = json.loads((run_dir / "param_groups.json").read_text())
+        rows.append(
+            {
+                "strategy": name,
+                "overrides": " ".join(STRATEGIES[name]),
+                "accuracy": metrics["accuracy"],
+                "f1": metrics["f1"],
+                "train_seconds": metrics["train_seconds"],
+                "wall_seconds": round(wall, 1),
+                "trainable_params": groups["trainable_params"],
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)  # noqa: T201 (a benchmark script's report)
+    (RESULTS / "strategies.json").write_text(json.dumps(rows, indent=2) + "\n")
+    lines = [
+        "| strategy | overrides | test accuracy | test macro-F1 | training time "
+        "| trainable params |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['strategy']} | `{r['overrides'] or '(recipe defaults)'}` | {r['accuracy']:.3f} | "
+        f"{r['f1']:.3f} | {r['train_seconds']:.0f} s | {r['trainable_params']:,} |"
+        for r in rows
+    ]
+    (RESULTS / "strategies.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
