@@ -295,6 +295,7 @@ def apply_lora(
         for name, module in model.named_modules()
         if name.startswith(layout.blocks_path + ".")
         and isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d))
+        and getattr(module, "groups", 1) == 1  # LoRA has no form for depthwise convolutions
     }
     found = {name.rsplit(".", 1)[-1] for name in block_modules}
     model_type = getattr(getattr(model, "config", None), "model_type", None)
@@ -310,8 +311,9 @@ def apply_lora(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        # A regex, so that only the blocks' layers get adapters (not e.g. a pooler's "dense").
-        target_modules=rf"{re.escape(layout.blocks_path)}\.\d+\..*\b({'|'.join(targets)})",
+        # Full module names, so that only the blocks' layers get adapters (not a pooler's
+        # "dense", nor a block's sub-layer that shares a name with its convolution).
+        target_modules=[n for n in block_modules if n.rsplit(".", 1)[-1] in targets],
         modules_to_save=head_modules,
     )
     return get_peft_model(model, config)

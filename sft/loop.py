@@ -85,10 +85,10 @@ def fit(
         disable=not (settings.progress and accelerator.is_main_process),
     )
     step, seen, running_loss, start = 0, 0, [], time.perf_counter()
-    model.train()
     for epoch in range(math.ceil(total_steps / steps_per_epoch)):
         if on_epoch is not None:
             on_epoch(epoch)
+        train_mode(model)
         for batch in train_loader:
             with accelerator.accumulate(model):
                 loss = loss_fn(model(**batch).logits, batch["labels"])
@@ -155,7 +155,8 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoade
         batch_logits, batch_labels = accelerator.gather_for_metrics((out.logits, batch["labels"]))
         logits.append(batch_logits.float().cpu())
         references.append(batch_labels.cpu())
-    model.train(was_training)
+    if was_training:
+        train_mode(model)
     all_logits, all_refs = torch.cat(logits), torch.cat(references)
     predictions = all_logits.argmax(-1).numpy()
     return Evaluation(
@@ -164,6 +165,17 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoade
         references=all_refs.numpy(),
         scores=metrics.headline(predictions, all_refs.numpy()),
     )
+
+
+def train_mode(model: torch.nn.Module) -> None:
+    """Training mode, except for modules whose parameters are all frozen: they run as in
+    inference (no dropout, BatchNorm statistics fixed), so a frozen part stays exactly the
+    pretrained function, as Keras does with `trainable=False`."""
+    model.train()
+    for module in model.modules():
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
 
 
 def _train_row(accelerator, step, epoch, losses, scheduler, seen, start) -> dict:

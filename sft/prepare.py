@@ -5,7 +5,7 @@
     python -m sft.prepare spoken-digits --out data/spoken_digits
         "zero".."nine" spoken by espeak-ng (Debian) in many voices, speeds and pitches -> an
         audiofolder of WAVs; the test split uses voices the train split never hears.
-    python -m sft.prepare tiny-model vit|resnet|wav2vec2|whisper --out DIR
+    python -m sft.prepare tiny-model vit|resnet|efficientnet|wav2vec2|whisper --out DIR
         A small classifier built from a config (random weights) with its image processor or
         feature extractor, saved like a hub checkpoint: for offline runs and tests where no
         pretrained one exists.
@@ -154,6 +154,26 @@ def tiny_model(kind: str, out: Path, image_size: int = 32, num_channels: int = 3
             image_mean=[0.5] * num_channels,
             image_std=[0.5] * num_channels,
         )
+    elif kind == "efficientnet":
+        from transformers import (
+            EfficientNetConfig,
+            EfficientNetForImageClassification,
+            EfficientNetImageProcessor,
+        )
+
+        config = EfficientNetConfig(
+            image_size=image_size,
+            width_coefficient=0.25,
+            depth_coefficient=0.25,
+            hidden_dim=320,  # = the top conv's width at these coefficients
+            num_channels=num_channels,
+        )
+        model = EfficientNetForImageClassification(config)
+        processor = EfficientNetImageProcessor(
+            size={"height": image_size, "width": image_size},
+            image_mean=[0.5] * num_channels,
+            image_std=[0.5] * num_channels,
+        )
     elif kind == "wav2vec2":
         from transformers import (
             Wav2Vec2Config,
@@ -199,7 +219,7 @@ def tiny_model(kind: str, out: Path, image_size: int = 32, num_channels: int = 3
         model = WhisperForAudioClassification(config)
         processor = WhisperFeatureExtractor(feature_size=80)
     else:
-        raise ValueError(f"unknown tiny model kind '{kind}'; use vit, resnet, wav2vec2 or whisper")
+        raise ValueError(f"unknown tiny model kind '{kind}'; see `python -m sft.prepare -h`")
     model.save_pretrained(out)
     processor.save_pretrained(out)
     log.info("wrote %s", out)
@@ -220,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     sd = commands.add_parser("spoken-digits", help="espeak-ng digits -> audiofolder")
     sd.add_argument("--out", type=Path, required=True)
     tm = commands.add_parser("tiny-model", help="a small classifier from a config")
-    tm.add_argument("kind", choices=["vit", "resnet", "wav2vec2", "whisper"])
+    tm.add_argument("kind", choices=["vit", "resnet", "efficientnet", "wav2vec2", "whisper"])
     tm.add_argument("--out", type=Path, required=True)
     tm.add_argument("--image-size", type=int, default=32)
     args = parser.parse_args(argv)

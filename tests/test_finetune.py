@@ -19,6 +19,7 @@ from tests.conftest import run_cli
 KINDS = {
     "vit": ("image-classification", 4),
     "resnet": ("image-classification", 4),
+    "efficientnet": ("image-classification", 7),
     "wav2vec2": ("audio-classification", 2),
     "whisper": ("audio-classification", 2),
 }
@@ -49,6 +50,7 @@ def trainable(model) -> set[str]:
         ("bert", 2, {"classifier.weight", "classifier.bias"}),
         ("vit", 4, {"classifier.weight", "classifier.bias"}),
         ("resnet", 4, {"classifier.1.weight", "classifier.1.bias"}),
+        ("efficientnet", 7, {"classifier.weight", "classifier.bias"}),
         (
             "wav2vec2",
             2,
@@ -387,3 +389,38 @@ def test_gradual_run_follows_its_schedule(tmp_path, tiny_checkpoint, text_corpus
     summary = json.loads((run_dir / "param_groups.json").read_text())
     trained = {n for g in summary["groups"] if g["trainable"] for n in g["params"]}
     assert trained == {"classifier.weight", "classifier.bias"}  # the schedule's start
+
+
+def test_frozen_batchnorm_statistics_do_not_move_during_training(models, tmp_path):
+    import numpy as np
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+    from transformers import get_scheduler
+
+    from sft import loop
+    from sft.config import TrainerConfig
+
+    model = models("resnet")
+    finetune.apply_strategy(model, "head_only")
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    rng = np.random.default_rng(0)
+    rows = [
+        {
+            "pixel_values": torch.tensor(rng.random((3, 32, 32)), dtype=torch.float32),
+            "labels": i % 3,
+        }
+        for i in range(16)
+    ]
+    collate = torch.utils.data.default_collate
+    train = DataLoader(rows, batch_size=4, collate_fn=collate)
+    groups = finetune.param_groups(model, lr=1e-2, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for p in g["params"] if p.requires_grad], "lr": g["lr"]} for g in groups]
+    )
+    accelerator = Accelerator(cpu=True)
+    settings = TrainerConfig(progress=False, log_every=1)
+    scheduler = get_scheduler("constant", optimizer)
+    loop.fit(accelerator, model, optimizer, scheduler, train, train, settings, 4, lambda r: None)
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, before[name]), name
+    assert any(m.training for m in model.modules())  # the head itself still trains

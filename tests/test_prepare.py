@@ -54,10 +54,11 @@ def test_spoken_digits_hold_out_voices_for_test(tmp_path):
     assert rate == 22050 and 0.2 < len(samples) / rate < 2.0
 
 
-@pytest.mark.parametrize("kind", ["vit", "resnet", "wav2vec2", "whisper"])
+@pytest.mark.parametrize("kind", ["vit", "resnet", "efficientnet", "wav2vec2", "whisper"])
 def test_tiny_models_load_through_the_auto_classes(tmp_path, kind):
     from sft.model import load_classifier
 
-    task = "image-classification" if kind in ("vit", "resnet") else "audio-classification"
+    images = ("vit", "resnet", "efficientnet")
+    task = "image-classification" if kind in images else "audio-classification"
     model = load_classifier(str(tiny_model(kind, tmp_path / kind)), ["a", "b", "c"], task)
     assert model.config.num_labels == 3 and model.config.id2label[2] == "c"
