@@ -16,7 +16,7 @@ import numpy as np
 import soundfile
 import torch
 
-from sft.data.inputs import Inputs
+from sft.data.inputs import Inputs, load_processor
 from sft.data.splits import LABELS, Splits
 from sft.errors import SftError
 
@@ -133,11 +133,6 @@ def _duration(value: dict, split: str) -> float:
 def load_feature_extractor(checkpoint: str, revision: str | None = None):
     from transformers import AutoFeatureExtractor
 
-    try:
-        return AutoFeatureExtractor.from_pretrained(checkpoint, revision=revision)
-    except Exception as err:
-        raise SftError(
-            f"model.checkpoint '{checkpoint}' has no loadable feature extractor "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); point it "
-            f"at a hub id or a directory with preprocessor_config.json"
-        ) from err
+    return load_processor(
+        AutoFeatureExtractor, checkpoint, revision, "feature extractor", "preprocessor_config.json"
+    )

@@ -13,7 +13,7 @@ import datasets
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from sft.data.inputs import Inputs
+from sft.data.inputs import Inputs, load_processor
 from sft.data.splits import LABELS, Splits
 from sft.errors import SftError
 
@@ -92,11 +92,11 @@ def load_image_processor(checkpoint: str, revision: str | None = None):
     # Without torchvision (it does not install beside the CPU torch), use the PIL backend
     # explicitly rather than through a fallback warning on every load.
     backend = {} if importlib.util.find_spec("torchvision") else {"backend": "pil"}
-    try:
-        return AutoImageProcessor.from_pretrained(checkpoint, revision=revision, **backend)
-    except Exception as err:
-        raise SftError(
-            f"model.checkpoint '{checkpoint}' has no loadable image processor "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); point it "
-            f"at a hub id or a directory with preprocessor_config.json"
-        ) from err
+    return load_processor(
+        AutoImageProcessor,
+        checkpoint,
+        revision,
+        "image processor",
+        "preprocessor_config.json",
+        **backend,
+    )

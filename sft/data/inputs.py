@@ -13,6 +13,7 @@ import datasets
 import torch
 
 from sft.data.splits import Splits
+from sft.errors import SftError
 
 
 class Inputs(Protocol):
@@ -33,3 +34,16 @@ class Inputs(Protocol):
         """The train sampler, when the modality wants its own (speech groups by duration);
         None means plain shuffling."""
         return None
+
+
+def load_processor(auto_class, checkpoint: str, revision: str | None, what: str, file: str, **kw):
+    """`auto_class.from_pretrained(checkpoint)`, or an SftError naming the checkpoint, the
+    missing piece (`what`) and the file a local directory needs for it."""
+    try:
+        return auto_class.from_pretrained(checkpoint, revision=revision, **kw)
+    except Exception as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise SftError(
+            f"model.checkpoint '{checkpoint}' has no loadable {what} ({type(err).__name__}: "
+            f"{detail}); point it at a hub id or a directory with {file}"
+        ) from err

@@ -8,7 +8,7 @@ from typing import Any
 import datasets
 from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase
 
-from sft.data.inputs import Inputs
+from sft.data.inputs import Inputs, load_processor
 from sft.data.splits import LABELS, Splits
 from sft.errors import SftError
 
@@ -49,11 +49,4 @@ class TextInputs(Inputs):
 
 
 def load_tokenizer(checkpoint: str, revision: str | None = None) -> PreTrainedTokenizerBase:
-    try:
-        return AutoTokenizer.from_pretrained(checkpoint, revision=revision)
-    except Exception as err:
-        raise SftError(
-            f"model.checkpoint '{checkpoint}' has no loadable tokenizer ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); point it at a hub id or a "
-            f"directory with tokenizer.json"
-        ) from err
+    return load_processor(AutoTokenizer, checkpoint, revision, "tokenizer", "tokenizer.json")
