@@ -34,7 +34,6 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
-    from transformers import get_scheduler
 
     from sft import finetune, loop
     from sft.loss import class_weights, cross_entropy
@@ -94,28 +93,7 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     if cfg.dry_run:
         accelerator.end_training()
         return summary
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.trainer.grad_accum_steps)
-    total_steps = cfg.trainer.max_steps or cfg.trainer.epochs * steps_per_epoch
-    # Not handed to `prepare`: the loop steps it once per optimizer step, on every process alike.
-    scheduler = get_scheduler(
-        cfg.scheduler.name,
-        optimizer,
-        num_warmup_steps=round(cfg.scheduler.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
-    global_batch = cfg.trainer.batch_size * accelerator.num_processes * cfg.trainer.grad_accum_steps
-    log.info(
-        "training %d steps (%.1f epochs): batch %d per process x %d processes x %d accumulation "
-        "= %d examples per step; precision %s on %s",
-        total_steps,
-        total_steps / steps_per_epoch,
-        cfg.trainer.batch_size,
-        accelerator.num_processes,
-        cfg.trainer.grad_accum_steps,
-        global_batch,
-        accelerator.mixed_precision,
-        accelerator.device,
-    )
+    total_steps, scheduler = _schedule(cfg, optimizer, len(train_loader), accelerator)
 
     record = out.record if accelerator.is_main_process else (lambda row: None)
 
@@ -163,6 +141,37 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         _write_results(out, unwrapped, inputs.processor, result)
     accelerator.end_training()
     return result
+
+
+def _schedule(cfg: schema.Config, optimizer, batches_per_epoch: int, accelerator):
+    """How many optimizer steps to take, and the learning-rate scheduler over them; logs the
+    plan, global batch included."""
+    from transformers import get_scheduler
+
+    trainer = cfg.trainer
+    steps_per_epoch = math.ceil(batches_per_epoch / trainer.grad_accum_steps)
+    total_steps = trainer.max_steps or trainer.epochs * steps_per_epoch
+    # Not handed to `prepare`: the loop steps it once per optimizer step, on every process alike.
+    scheduler = get_scheduler(
+        cfg.scheduler.name,
+        optimizer,
+        num_warmup_steps=round(cfg.scheduler.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    global_batch = trainer.batch_size * accelerator.num_processes * trainer.grad_accum_steps
+    log.info(
+        "training %d steps (%.1f epochs): batch %d per process x %d processes x %d accumulation "
+        "= %d examples per step; precision %s on %s",
+        total_steps,
+        total_steps / steps_per_epoch,
+        trainer.batch_size,
+        accelerator.num_processes,
+        trainer.grad_accum_steps,
+        global_batch,
+        accelerator.mixed_precision,
+        accelerator.device,
+    )
+    return total_steps, scheduler
 
 
 def load_data(cfg: schema.Config):
