@@ -84,7 +84,7 @@ def fit(
         desc="train",
         disable=not (settings.progress and accelerator.is_main_process),
     )
-    step, seen, running_loss, start = 0, 0, [], time.perf_counter()
+    step, seen, running_loss, start, eval_seconds = 0, 0, [], time.perf_counter(), 0.0
     for epoch in range(math.ceil(total_steps / steps_per_epoch)):
         if on_epoch is not None:
             on_epoch(epoch)
@@ -105,7 +105,8 @@ def fit(
             step += 1
             bar.update()
             if step % settings.log_every == 0 or step == total_steps:
-                row = _train_row(accelerator, step, epoch, running_loss, scheduler, seen, start)
+                seconds = time.perf_counter() - start - eval_seconds
+                row = _train_row(accelerator, step, epoch, running_loss, scheduler, seen / seconds)
                 bar.set_postfix(
                     loss=f"{row['loss']:.4f}",
                     lr=f"{row['lr']:.2e}",
@@ -114,7 +115,9 @@ def fit(
                 record(row)
                 running_loss = []
             if step % eval_every == 0 or step == total_steps:
+                eval_start = time.perf_counter()
                 result = evaluate(accelerator, model, eval_loader)
+                eval_seconds += time.perf_counter() - eval_start
                 improved = best.update(result, step, accelerator.unwrap_model(model))
                 record(_eval_row(step, epoch, result, improved))
                 log.info(
@@ -178,7 +181,7 @@ def train_mode(model: torch.nn.Module) -> None:
             module.eval()
 
 
-def _train_row(accelerator, step, epoch, losses, scheduler, seen, start) -> dict:
+def _train_row(accelerator, step, epoch, losses, scheduler, examples_per_s) -> dict:
     loss = accelerator.gather(torch.stack(losses).mean()).mean().item()
     return {
         "kind": "train",
@@ -186,7 +189,7 @@ def _train_row(accelerator, step, epoch, losses, scheduler, seen, start) -> dict
         "epoch": epoch,
         "loss": loss,
         "lr": scheduler.get_last_lr()[0],
-        "examples_per_s": seen / (time.perf_counter() - start),
+        "examples_per_s": examples_per_s,  # training only: evaluation time excluded
     }
 
 
