@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -33,9 +34,11 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     chosen = [s for s in STRATEGIES if not args.only or s in args.only.split(",")]
     RESULTS.mkdir(parents=True, exist_ok=True)
+    saved = RESULTS / "strategies.json"
+    earlier = json.loads(saved.read_text()) if saved.exists() else []
     rows = []
     for name in chosen:
-        run_dir = RESULTS / "runs" / name.split()[0].replace("=", "")
+        run_dir = RESULTS / "runs" / re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
         command = [
             sys.executable,
             "-m",
@@ -47,7 +50,9 @@ def main() -> None:
             *extra,
         ]
         start = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        if done.returncode != 0:
+            sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
         wall = time.perf_counter() - start
         metrics = json.loads((run_dir / "metrics.json").read_text())
         groups = json.loads((run_dir / "param_groups.json").read_text())
@@ -63,7 +68,12 @@ def main() -> None:
             }
         )
         print(json.dumps(rows[-1]), flush=True)  # noqa: T201 (a benchmark script's report)
-    (RESULTS / "strategies.json").write_text(json.dumps(rows, indent=2) + "\n")
+        # Keep what finished so far, and earlier results of strategies not rerun now.
+        order = {name: i for i, name in enumerate(STRATEGIES)}
+        merged = {r["strategy"]: r for r in earlier} | {r["strategy"]: r for r in rows}
+        rows_all = sorted(merged.values(), key=lambda r: order.get(r["strategy"], len(order)))
+        saved.write_text(json.dumps(rows_all, indent=2) + "\n")
+    rows = json.loads(saved.read_text())
     lines = [
         "| strategy | overrides | test accuracy | test macro-F1 | training time "
         "| trainable params |",

@@ -140,6 +140,69 @@ class Config:
     task: str = "text-classification"
 
 
+SCHEDULERS = {
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+}
+METRICS = {"f1", "accuracy", "loss"}
+PRECISIONS = {"auto", "fp32", "bf16", "fp16"}
+
+
+def validate(cfg: Config) -> None:
+    """Values the types allow but the run cannot use: fail before anything loads."""
+    from sft.errors import SftError
+
+    def check(ok: bool, key: str, value: Any, want: str) -> None:
+        if not ok:
+            raise SftError(f"{key}={value} is not allowed: {want}")
+
+    t, d, o = cfg.trainer, cfg.data, cfg.optimizer
+    check(t.metric in METRICS, "trainer.metric", t.metric, f"use one of {sorted(METRICS)}")
+    check(
+        t.precision in PRECISIONS,
+        "trainer.precision",
+        t.precision,
+        f"use one of {sorted(PRECISIONS)}",
+    )
+    name = cfg.scheduler.name
+    check(name in SCHEDULERS, "scheduler.name", name, f"use one of {sorted(SCHEDULERS)}")
+    for key, value in (
+        ("trainer.epochs", t.epochs),
+        ("trainer.batch_size", t.batch_size),
+        ("trainer.eval_batch_size", t.eval_batch_size),
+        ("trainer.grad_accum_steps", t.grad_accum_steps),
+        ("trainer.log_every", t.log_every),
+        ("trainer.max_steps", t.max_steps),
+        ("trainer.eval_every", t.eval_every),
+        ("data.max_length", d.max_length),
+        ("data.max_train_samples", d.max_train_samples),
+        ("data.max_eval_samples", d.max_eval_samples),
+    ):
+        check(value is None or value >= 1, key, value, "it must be at least 1")
+    check(
+        d.max_duration is None or d.max_duration > 0,
+        "data.max_duration",
+        d.max_duration,
+        "it must be positive",
+    )
+    check(o.lr > 0, "optimizer.lr", o.lr, "it must be positive")
+    check(0 < o.layer_decay <= 1, "optimizer.layer_decay", o.layer_decay, "it must lie in (0, 1]")
+    smoothing = cfg.loss.label_smoothing
+    check(0 <= smoothing < 1, "loss.label_smoothing", smoothing, "it must lie in [0, 1)")
+    weights = cfg.loss.class_weights
+    check(
+        weights in ("none", "auto") or isinstance(weights, list),
+        "loss.class_weights",
+        weights,
+        "use none, auto, or a list with one weight per label",
+    )
+
+
 def package_path(package: str, subpath: str = "") -> str:
     """Directory of an installed package (plus `subpath`): how offline assets are located."""
     spec = importlib.util.find_spec(package)

@@ -45,7 +45,8 @@ class Best:
         # lower loss is the more confident (better calibrated) model.
         metric = -evaluation.loss if self.metric == "loss" else evaluation.scores[self.metric]
         score = (metric, -evaluation.loss)
-        if score <= self.score:
+        # A diverged model (NaN loss) is never an improvement; NaN compares false both ways.
+        if not math.isfinite(evaluation.loss) or score <= self.score:
             self.evals_since += 1
             return False
         self.score, self.step, self.evals_since = score, step, 0
@@ -91,7 +92,7 @@ def fit(
         train_mode(model)
         for batch in train_loader:
             with accelerator.accumulate(model):
-                loss = loss_fn(model(**batch).logits, batch["labels"])
+                loss = loss_fn(logits_of(model, batch), batch["labels"])
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and settings.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
@@ -154,8 +155,9 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoade
     model.eval()
     logits, references = [], []
     for batch in loader:
-        out = model(**batch)
-        batch_logits, batch_labels = accelerator.gather_for_metrics((out.logits, batch["labels"]))
+        batch_logits, batch_labels = accelerator.gather_for_metrics(
+            (logits_of(model, batch), batch["labels"])
+        )
         logits.append(batch_logits.float().cpu())
         references.append(batch_labels.cpu())
     if was_training:
@@ -168,6 +170,12 @@ def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoade
         references=all_refs.numpy(),
         scores=metrics.headline(predictions, all_refs.numpy()),
     )
+
+
+def logits_of(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """The model's logits for `batch`. Labels stay out of the forward call: the model would
+    compute a loss of its own, by its config's `problem_type`, which our loss replaces."""
+    return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
 
 
 def train_mode(model: torch.nn.Module) -> None:

@@ -40,14 +40,19 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     from sft.model import load_classifier
     from sft.outputs import RunDir
 
+    schema.validate(cfg)
     gradual = cfg.finetune.strategy == "gradual"
     accelerator = Accelerator(
         mixed_precision=_precision(cfg.trainer.precision),
         gradient_accumulation_steps=cfg.trainer.grad_accum_steps,
-        # Blocks frozen for a while get no gradients; DDP must expect that.
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]
-        if gradual
-        else None,
+        # Some parameters get no gradient in a step: blocks frozen for a while (gradual),
+        # layers skipped by LayerDrop (wav2vec2, HuBERT). DDP must expect that, as HF Trainer
+        # does unless gradient checkpointing is on.
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(
+                find_unused_parameters=gradual or not cfg.trainer.gradient_checkpointing
+            )
+        ],
     )
     if not accelerator.is_main_process:
         logging.getLogger("sft").setLevel(logging.WARNING)  # one voice: rank zero's
@@ -69,6 +74,9 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         cfg.model.revision,
         freeze_feature_encoder=cfg.model.freeze_feature_encoder,
     )
+    pad_id = getattr(inputs.processor, "pad_token_id", None)
+    if pad_id is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = pad_id  # GPT-style checkpoints pad with EOS
     if cfg.trainer.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
     model, groups = _choose_trainable(model, cfg)
@@ -327,8 +335,10 @@ def _precision(choice: str) -> str | None:
         "true",
     )
     if choice == "auto":
-        if os.environ.get("ACCELERATE_MIXED_PRECISION"):
-            return None  # chosen by `accelerate launch --mixed_precision` or `accelerate config`
+        if os.environ.get("ACCELERATE_MIXED_PRECISION", "no") != "no":
+            # Chosen by `accelerate launch --mixed_precision` or `accelerate config` (the
+            # launcher exports "no" when nothing was chosen: then the hardware decides).
+            return None
         if not gpu:
             return "no"  # bf16 matmuls on CPUs without bf16 units run hundreds of times slower
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -418,6 +428,8 @@ def main(cfg: DictConfig) -> float | None:
         log.debug("input error", exc_info=True)
         sys.stderr.write(f"error: {err}\n")
         sys.exit(2)
+    if cfg.dry_run:
+        return None
     return result.get(cfg.trainer.metric) if cfg.trainer.metric != "loss" else result["loss"]
 
 

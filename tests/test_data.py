@@ -418,3 +418,26 @@ def test_build_splits_max_samples_cap_sizes():
     assert len(splits.test) == 3
     assert set(splits.train["text"]) <= set(_balanced(10)["text"])
     assert set(splits.validation["text"]) <= set(_balanced(4, prefix="v")["text"])
+
+
+def test_build_splits_needs_two_labels():
+    raw = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict({"text": ["a", "b"], "label": ["x", "x"]})}
+    )
+    with pytest.raises(SftError, match="at least two"):
+        build_splits(raw, source="mem", input_column="text", label_column="label")
+
+
+def test_build_splits_ignores_a_split_with_hidden_labels():
+    # GLUE-style: the test split's labels are -1 (hidden).
+    names = datasets.ClassLabel(names=["neg", "pos"])
+    train = datasets.Dataset.from_dict(
+        {"text": [f"t{i}" for i in range(20)], "label": [i % 2 for i in range(20)]}
+    ).cast_column("label", names)
+    test = datasets.Dataset.from_dict({"text": ["u", "v"], "label": [-1, -1]})
+    raw = datasets.DatasetDict({"train": train, "test": test})
+    splits = build_splits(
+        raw, source="glue", input_column="text", label_column="label", test_fraction=0.2
+    )
+    assert splits.labels == ["neg", "pos"]
+    assert len(splits.test) == 4  # carved from train instead

@@ -218,6 +218,7 @@ def test_dry_run_prints_the_table_writes_param_groups_and_trains_nothing(
         "finetune=top_k",
         "finetune.k=1",
         "optimizer.layer_decay=0.8",
+        "trainer.metric=loss",
         "dry_run=true",
         cwd=tmp_path,
     )

@@ -143,3 +143,23 @@ def test_balanced_sampler_draws_every_class_about_equally():
     draws = Counter(labels[i] for _ in range(30) for i in sampler)
     assert len(list(sampler)) == 100
     assert min(draws.values()) / max(draws.values()) > 0.9
+
+
+def test_a_nan_evaluation_is_never_the_best():
+    import numpy as np
+
+    best = loop.Best("loss")
+    model = torch.nn.Linear(2, 2)
+    finite = loop.Evaluation(0.5, np.zeros(2), np.zeros(2), {"accuracy": 1.0, "f1": 1.0})
+    diverged = loop.Evaluation(float("nan"), np.zeros(2), np.zeros(2), {"accuracy": 0, "f1": 0})
+    assert best.update(finite, 1, model)
+    assert not best.update(diverged, 2, model)
+    assert best.step == 1 and best.evals_since == 1
+
+
+def test_precision_auto_ignores_the_launchers_no(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch` exports
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _precision("auto") == "no"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert _precision("auto") is None  # the user's `accelerate config` choice stands

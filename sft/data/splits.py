@@ -83,10 +83,19 @@ def build_splits(
             raise SftError(f"the {split} split of {source} is empty; it needs at least one row")
 
     names, encode = _label_names(raw["train"], label_column)
+    if len(names) < 2:
+        raise SftError(
+            f"the train split of {source} has {len(names)} distinct label(s) {names}; a "
+            f"classifier needs at least two"
+        )
     encoded = {}
     for split, ds in raw.items():
         values = ds[label_column]
         values = list(values) if not isinstance(values, list) else values
+        if split != "train" and all(v is None or (isinstance(v, int) and v < 0) for v in values):
+            # Hub benchmarks (GLUE...) ship test splits with hidden labels, as -1.
+            log.warning("ignoring the %s split of %s: it has no labels", split, source)
+            continue
         unseen = sorted({str(v) for v in values if encode(v) is None})
         if unseen:
             raise SftError(
@@ -143,7 +152,8 @@ def _stratified_split(
     if held_out >= len(ds):
         raise SftError(f"train has {len(ds)} rows: too few to hold out {key}={fraction}")
     counts = Counter(labels)
-    stratify = labels if min(counts.values()) >= 2 and held_out >= len(counts) else None
+    stratifiable = min(counts.values()) >= 2 and len(counts) <= min(held_out, len(ds) - held_out)
+    stratify = labels if stratifiable else None
     if stratify is None:
         log.warning("too few examples per class to stratify %s; splitting at random", key)
     keep, hold = train_test_split(

@@ -20,6 +20,8 @@ class TextInputs(Inputs):
         self.column = column
         self.max_length = max_length
         self.processor = load_tokenizer(checkpoint, revision)
+        if self.processor.pad_token is None and self.processor.eos_token is not None:
+            self.processor.pad_token = self.processor.eos_token  # GPT-style: pad with EOS
 
     def encode(self, splits: Splits) -> Splits:
         """Tokenize every split (truncated to `max_length`; unpadded until batching)."""
