@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -29,23 +30,32 @@ class Layout:
     head: list[str] = field(default_factory=list)
     blocks_path: str = ""  # e.g. "bert.encoder.layer"
 
+    @cached_property
+    def _parts(self) -> dict[str, str]:
+        parts = dict.fromkeys(self.below, "below") | dict.fromkeys(self.above, "above")
+        for i, block in enumerate(self.blocks):
+            parts |= dict.fromkeys(block, f"block.{i}")
+        return parts | dict.fromkeys(self.head, "head")
+
     def part_of(self, name: str) -> str:
         """'below', 'block.<i>', 'above' or 'head' for a parameter name."""
-        for i, block in enumerate(self.blocks):
-            if name in block:
-                return f"block.{i}"
-        if name in self.head:
-            return "head"
-        return "above" if name in self.above else "below"
+        return self._parts.get(name, "below")
 
 
 def find_layout(model: torch.nn.Module) -> Layout:
-    blocks_path, block_list = _largest_block_list(model)
-    if block_list is None:
+    layout = _layout_or_none(model)
+    if layout is None:
         raise SftError(
             f"{type(model).__name__} has no repeated blocks (no list of same-class modules) to "
             f"freeze or unfreeze by; use finetune=full, head_only or pattern"
         )
+    return layout
+
+
+def _layout_or_none(model: torch.nn.Module) -> Layout | None:
+    blocks_path, block_list = _largest_block_list(model)
+    if block_list is None:
+        return None
     names = [n for n, _ in model.named_parameters()]
     block_names = [
         [f"{blocks_path}.{i}.{n}" for n, _ in block.named_parameters()]
@@ -55,10 +65,10 @@ def find_layout(model: torch.nn.Module) -> Layout:
     children = [name for name, _ in model.named_children()]
     after_trunk = set(children[children.index(trunk) + 1 :])
     head = [n for n in names if n.split(".")[0] in after_trunk]
-    in_blocks = {n for block in block_names for n in block}
+    placed = {n for block in block_names for n in block} | set(head)
     first = names.index(block_names[0][0])
     last = names.index(block_names[-1][-1])
-    rest = [(i, n) for i, n in enumerate(names) if n not in in_blocks and n not in set(head)]
+    rest = [(i, n) for i, n in enumerate(names) if n not in placed]
     return Layout(
         below=[n for i, n in rest if i < first],
         blocks=block_names,
@@ -111,7 +121,8 @@ def apply_strategy(
     elif strategy == "gradual":
         trainable = set(find_layout(model).head)  # GradualUnfreezing opens the blocks later
     elif strategy == "pattern":
-        head = set(find_layout(model).head) if _has_blocks(model) else set()
+        layout = _layout_or_none(model)
+        head = set(layout.head) if layout else set()
         chosen = _matching(params, train, "finetune.train") if train else set(params)
         trainable = (chosen | head) - _matching(params, freeze, "finetune.freeze")
     else:
@@ -159,10 +170,6 @@ class GradualUnfreezing:
         return k
 
 
-def _has_blocks(model: torch.nn.Module) -> bool:
-    return _largest_block_list(model)[1] is not None
-
-
 def _matching(params: dict, patterns, key: str) -> set[str]:
     matched = set()
     for pattern in patterns:
@@ -198,7 +205,7 @@ def param_groups(
     # A model without blocks (rare) forms one "body" group, unless a knob needs the structure:
     # then find_layout raises its clear error.
     needs_layout = layer_decay != 1.0 or head_lr is not None
-    layout = find_layout(model) if needs_layout or _has_blocks(model) else None
+    layout = find_layout(model) if needs_layout else _layout_or_none(model)
     n = len(layout.blocks) if layout else 0
     groups: dict[tuple[str, bool], dict] = {}
     for name, param in model.named_parameters():

@@ -38,6 +38,7 @@ class Best:
     score: tuple[float, float] = (-math.inf, -math.inf)  # (metric, -loss): loss breaks ties
     step: int = 0
     state: dict[str, torch.Tensor] | None = None
+    evaluation: Evaluation | None = None  # the validation result of `state`
     evals_since: int = 0  # evaluations since the last improvement (for early stopping)
 
     def update(self, evaluation: Evaluation, step: int, model: torch.nn.Module) -> bool:
@@ -50,6 +51,7 @@ class Best:
             self.evals_since += 1
             return False
         self.score, self.step, self.evals_since = score, step, 0
+        self.evaluation = evaluation
         self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         return True
 

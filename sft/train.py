@@ -129,9 +129,11 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     )
 
     unwrapped = accelerator.unwrap_model(model)
+    validation = outcome.best.evaluation
     if outcome.best.state is not None:
         unwrapped.load_state_dict(outcome.best.state)
-    validation = loop.evaluate(accelerator, model, val_loader)
+    else:  # no finite evaluation: report the last weights as they are
+        validation = loop.evaluate(accelerator, model, val_loader)
     final = validation
     if test_loader is not None:
         final = loop.evaluate(accelerator, model, accelerator.prepare(test_loader))
