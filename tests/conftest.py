@@ -82,6 +82,25 @@ def text_corpus(tmp_path) -> Path:
     return root
 
 
+# What every finished run leaves in its directory (the processor's file varies by modality).
+RUN_FILES = (
+    "config.yaml",
+    "param_groups.json",
+    "history.jsonl",
+    "metrics.json",
+    "plots/loss.png",
+    "plots/accuracy.png",
+    "plots/confusion_matrix.png",
+    "model/config.json",
+    "model/model.safetensors",
+)
+
+
+def assert_run_outputs(run_dir: Path, *extra: str) -> None:
+    for name in (*RUN_FILES, *extra):
+        assert (run_dir / name).is_file(), name
+
+
 def run_cli(*overrides: str, cwd: Path, module: str = "sft.train") -> subprocess.CompletedProcess:
     """`python -m sft.train <overrides>` in a subprocess, offline, as a user would run it."""
     env = {

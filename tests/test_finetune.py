@@ -40,6 +40,21 @@ def models(tmp_path_factory, tiny_checkpoint):
     return load
 
 
+def run_tiny_text(tmp_path, checkpoint, corpus, *overrides: str):
+    """The CLI on the tiny BERT and text corpus with `overrides`; asserts it succeeded."""
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "recipe=bert_news",
+        f"model.checkpoint={checkpoint}",
+        f"data.path={corpus}",
+        f"output_dir={run_dir}",
+        *overrides,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, run_dir
+
+
 def trainable(model) -> set[str]:
     return {n for n, p in model.named_parameters() if p.requires_grad}
 
@@ -209,20 +224,16 @@ def test_cross_entropy_applies_smoothing_and_weights():
 def test_dry_run_prints_the_table_writes_param_groups_and_trains_nothing(
     tmp_path, tiny_checkpoint, text_corpus
 ):
-    run_dir = tmp_path / "run"
-    result = run_cli(
-        "recipe=bert_news",
-        f"model.checkpoint={tiny_checkpoint}",
-        f"data.path={text_corpus}",
-        f"output_dir={run_dir}",
+    result, run_dir = run_tiny_text(
+        tmp_path,
+        tiny_checkpoint,
+        text_corpus,
         "finetune=top_k",
         "finetune.k=1",
         "optimizer.layer_decay=0.8",
         "trainer.metric=loss",
         "dry_run=true",
-        cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     assert "block.1" in result.stdout + result.stderr and "frozen" in result.stdout + result.stderr
     summary = json.loads((run_dir / "param_groups.json").read_text())
     frozen = {n for g in summary["groups"] if not g["trainable"] for n in g["params"]}
@@ -273,21 +284,17 @@ def test_lora_run_saves_a_model_that_reloads_with_equal_outputs(
 ):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    run_dir = tmp_path / "run"
-    result = run_cli(
-        "recipe=bert_news",
-        f"model.checkpoint={tiny_checkpoint}",
-        f"data.path={text_corpus}",
-        f"output_dir={run_dir}",
+    _, run_dir = run_tiny_text(
+        tmp_path,
+        tiny_checkpoint,
+        text_corpus,
         "finetune=lora",
         f"finetune.merge={str(merge).lower()}",
         "optimizer.lr=1e-2",
         "trainer.epochs=2",
         "data.max_length=32",
         "trainer.progress=false",
-        cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     model_dir = run_dir / "model"
     assert (model_dir / "adapter_config.json").exists() != merge
     if merge:
@@ -372,19 +379,15 @@ def test_gradual_unfreezing_trains_newly_opened_blocks_with_the_same_optimizer(m
 
 @pytest.mark.slow
 def test_gradual_run_follows_its_schedule(tmp_path, tiny_checkpoint, text_corpus):
-    run_dir = tmp_path / "run"
-    result = run_cli(
-        "recipe=bert_news",
-        f"model.checkpoint={tiny_checkpoint}",
-        f"data.path={text_corpus}",
-        f"output_dir={run_dir}",
+    _, run_dir = run_tiny_text(
+        tmp_path,
+        tiny_checkpoint,
+        text_corpus,
         "finetune=gradual",
         "trainer.epochs=4",
         "data.max_length=32",
         "trainer.progress=false",
-        cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert [r["blocks_training"] for r in rows if r["kind"] == "unfreeze"] == [0, 1, 2, 2]
     summary = json.loads((run_dir / "param_groups.json").read_text())

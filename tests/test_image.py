@@ -17,7 +17,7 @@ from sft.data.augment import image_augmenter
 from sft.data.image import ImageInputs
 from sft.errors import SftError
 from sft.prepare import tiny_model
-from tests.conftest import run_cli
+from tests.conftest import assert_run_outputs, run_cli
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 MODES = ["RGB", "L", "RGBA", "P"]
@@ -189,17 +189,7 @@ def test_cli_trains_evaluates_and_saves_a_pipeline_ready_model(
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    for name in (
-        "config.yaml",
-        "history.jsonl",
-        "metrics.json",
-        "plots/loss.png",
-        "plots/accuracy.png",
-        "plots/confusion_matrix.png",
-        "model/model.safetensors",
-        "model/preprocessor_config.json",
-    ):
-        assert (run_dir / name).is_file(), name
+    assert_run_outputs(run_dir, "model/preprocessor_config.json")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["num_examples"] == 12
     classify = pipeline("image-classification", model=str(run_dir / "model"), device="cpu")
