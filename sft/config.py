@@ -7,8 +7,11 @@ dataclasses (or plain values taken from them), never a `DictConfig`.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import os
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +81,10 @@ class FinetuneConfig:
     dropout: float = 0.1
     target_modules: list[str] | None = None
     merge: bool = True  # save a plain model with adapters merged in; false saves the adapter
+    # When the lowest blocks are frozen and train inputs are the same every epoch (no
+    # augmentation), compute the frozen blocks' output once and train on it (sft/feature_cache.py)
+    cache_features: bool = True
+    cache_max_gib: float = 4.0  # ... unless the features would take more memory than this
 
 
 @dataclass
@@ -121,6 +128,11 @@ class TrainerConfig:
     # Recompute activations in backward (less memory, ~30% more compute). Non-reentrant, so
     # gradients stay right when the layers below are frozen.
     gradient_checkpointing: bool = False
+    # Checkpoints (<run>/checkpoints/step-N: weights, optimizer, scheduler, RNGs, position) at
+    # each epoch end and every N optimizer steps (0: epoch ends only); the last K are kept
+    # (0: no checkpoints).
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 1
 
 
 @dataclass
@@ -135,6 +147,9 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 42
     dry_run: bool = False  # build model and data, print the parameter-group table, train nothing
+    # auto: continue from the run directory's latest complete checkpoint (a finished run is
+    # left as it is); never: start over; or the path of a checkpoint to continue from.
+    resume: str = "auto"
     output_dir: str = MISSING  # the run directory: model/, metrics.json, plots/, history
     # text-classification | image-classification | audio-classification (pipeline task names)
     task: str = "text-classification"
@@ -190,6 +205,11 @@ def validate(cfg: Config) -> None:
         d.max_duration,
         "it must be positive",
     )
+    for key, value in (
+        ("trainer.checkpoint_every", t.checkpoint_every),
+        ("trainer.keep_checkpoints", t.keep_checkpoints),
+    ):
+        check(value >= 0, key, value, "it must be 0 or more")
     check(o.lr > 0, "optimizer.lr", o.lr, "it must be positive")
     check(0 < o.layer_decay <= 1, "optimizer.layer_decay", o.layer_decay, "it must lie in (0, 1]")
     smoothing = cfg.loss.label_smoothing
@@ -219,9 +239,34 @@ def repo_path(subpath: str = "") -> str:
     return str(Path(__file__).resolve().parents[1] / subpath)
 
 
+@functools.cache
+def launch_time() -> datetime:
+    """When this run was launched. Under `accelerate launch` / torchrun every rank is a child of
+    one launcher process, started seconds apart: they all read the launcher's start time, so
+    they agree on one run directory (Hydra's `${now:}` gives each rank its own)."""
+    if "LOCAL_RANK" in os.environ:
+        try:
+            stat = Path(f"/proc/{os.getppid()}/stat").read_text()
+            ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: start, in clock ticks
+            boot = next(
+                int(line.split()[1])
+                for line in Path("/proc/stat").read_text().splitlines()
+                if line.startswith("btime ")
+            )
+            return datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"))
+        except (OSError, ValueError, IndexError, StopIteration):
+            pass  # not Linux: each rank its own time; pass output_dir= to share one
+    return datetime.now()
+
+
 def register() -> None:
-    """Make the schema and the `${sft.package:...}` / `${sft.repo:...}` resolvers known."""
+    """Make the schema and the `${sft.package:...}` / `${sft.repo:...}` /
+    `${sft.launch_time:<strftime format>}` resolvers known."""
     ConfigStore.instance().store(name="schema", node=Config)
+    if not OmegaConf.has_resolver("sft.launch_time"):
+        OmegaConf.register_new_resolver(
+            "sft.launch_time", lambda fmt: launch_time().strftime(fmt), use_cache=True
+        )
     if not OmegaConf.has_resolver("sft.package"):
         OmegaConf.register_new_resolver("sft.package", package_path)
     if not OmegaConf.has_resolver("sft.repo"):

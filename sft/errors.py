@@ -1,4 +1,4 @@
-"""The one exception type for bad user input."""
+"""Exceptions the entry points turn into a one-line message instead of a traceback."""
 
 
 class SftError(Exception):
@@ -6,3 +6,7 @@ class SftError(Exception):
 
     The entry points print the message alone (no traceback) and exit with status 2.
     """
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM after writing a checkpoint; the message says how to resume."""

@@ -43,7 +43,7 @@ class Layout:
 
 
 def find_layout(model: torch.nn.Module) -> Layout:
-    layout = _layout_or_none(model)
+    layout = layout_or_none(model)
     if layout is None:
         raise SftError(
             f"{type(model).__name__} has no repeated blocks (no list of same-class modules) to "
@@ -52,7 +52,7 @@ def find_layout(model: torch.nn.Module) -> Layout:
     return layout
 
 
-def _layout_or_none(model: torch.nn.Module) -> Layout | None:
+def layout_or_none(model: torch.nn.Module) -> Layout | None:
     blocks_path, block_list = _largest_block_list(model)
     if block_list is None:
         return None
@@ -121,7 +121,7 @@ def apply_strategy(
     elif strategy == "gradual":
         trainable = set(find_layout(model).head)  # GradualUnfreezing opens the blocks later
     elif strategy == "pattern":
-        layout = _layout_or_none(model)
+        layout = layout_or_none(model)
         head = set(layout.head) if layout else set()
         chosen = _matching(params, train, "finetune.train") if train else set(params)
         trainable = (chosen | head) - _matching(params, freeze, "finetune.freeze")
@@ -205,7 +205,7 @@ def param_groups(
     # A model without blocks (rare) forms one "body" group, unless a knob needs the structure:
     # then find_layout raises its clear error.
     needs_layout = layer_decay != 1.0 or head_lr is not None
-    layout = find_layout(model) if needs_layout else _layout_or_none(model)
+    layout = find_layout(model) if needs_layout else layout_or_none(model)
     n = len(layout.blocks) if layout else 0
     groups: dict[tuple[str, bool], dict] = {}
     for name, param in model.named_parameters():

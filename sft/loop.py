@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -57,10 +57,26 @@ class Best:
 
 
 @dataclass
+class Progress:
+    """Where training stands. With the weights, optimizer, scheduler and RNG states (which
+    Accelerate saves) it is all a checkpoint needs to continue exactly (sft/checkpoint.py)."""
+
+    best: Best
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    batches: int = 0  # batches of `epoch` consumed (the data loader's position)
+    seen: int = 0  # examples trained on, all processes together
+    running_loss: list[torch.Tensor] = field(default_factory=list)  # since the last history row
+    seconds: float = 0.0  # training time so far, validation included
+    eval_seconds: float = 0.0
+
+
+@dataclass
 class Outcome:
     steps: int
     best: Best
     train_seconds: float
+    preempted: bool = False  # stopped by `should_stop` after a checkpoint, to be resumed
 
 
 def fit(
@@ -74,25 +90,38 @@ def fit(
     total_steps: int,
     record: Callable[[dict], None],
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
-    on_epoch: Callable[[int], None] | None = None,
+    on_epoch: Callable[[int, bool], None] | None = None,
+    *,
+    resume: Progress | None = None,
+    checkpoint: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Outcome:
     """Train for `total_steps` optimizer steps, evaluating each epoch (or every `eval_every`
     steps); `record` receives every history row; `loss_fn(logits, labels)` is the training
-    loss; `on_epoch(epoch)` runs as each epoch starts. Returns the best weights and step."""
-    best = Best(settings.metric)
+    loss; `on_epoch(epoch, resumed)` runs as each epoch starts (resumed: mid-epoch, from a
+    checkpoint). From `resume` on, if given. `checkpoint(progress)` runs every
+    `checkpoint_every` steps and at each epoch end; `should_stop()` (a preemption signal) ends
+    training after a checkpoint. Returns the best weights and step."""
+    p = resume or Progress(Best(settings.metric))
     steps_per_epoch = math.ceil(len(train_loader) / settings.grad_accum_steps)
     eval_every = settings.eval_every or steps_per_epoch
     bar = tqdm(
         total=total_steps,
+        initial=p.step,
         desc="train",
         disable=not (settings.progress and accelerator.is_main_process),
     )
-    step, seen, running_loss, start, eval_seconds = 0, 0, [], time.perf_counter(), 0.0
-    for epoch in range(math.ceil(total_steps / steps_per_epoch)):
+    start = time.perf_counter() - p.seconds
+    mid_epoch = p.batches > 0
+    while p.step < total_steps:
         if on_epoch is not None:
-            on_epoch(epoch)
+            on_epoch(p.epoch, mid_epoch)
         train_mode(model)
-        for batch in train_loader:
+        batches = (
+            accelerator.skip_first_batches(train_loader, p.batches) if mid_epoch else train_loader
+        )
+        mid_epoch = False
+        for batch in batches:
             with accelerator.accumulate(model):
                 loss = loss_fn(logits_of(model, batch), batch["labels"])
                 accelerator.backward(loss)
@@ -100,53 +129,73 @@ def fit(
                     accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
-            running_loss.append(loss.detach())
-            seen += len(batch["labels"]) * accelerator.num_processes
+            p.batches += 1
+            p.running_loss.append(loss.detach())
+            p.seen += len(batch["labels"]) * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
-            step += 1
+            p.step += 1
             bar.update()
-            if step % settings.log_every == 0 or step == total_steps:
-                seconds = time.perf_counter() - start - eval_seconds
-                row = _train_row(accelerator, step, epoch, running_loss, scheduler, seen / seconds)
+            if p.step % settings.log_every == 0 or p.step == total_steps:
+                seconds = time.perf_counter() - start - p.eval_seconds
+                row = _train_row(accelerator, p, scheduler, p.seen / seconds)
                 bar.set_postfix(
                     loss=f"{row['loss']:.4f}",
                     lr=f"{row['lr']:.2e}",
                     ex_s=f"{row['examples_per_s']:.1f}",
                 )
                 record(row)
-                running_loss = []
-            if step % eval_every == 0 or step == total_steps:
-                eval_start = time.perf_counter()
-                result = evaluate(accelerator, model, eval_loader)
-                eval_seconds += time.perf_counter() - eval_start
-                improved = best.update(result, step, accelerator.unwrap_model(model))
-                record(_eval_row(step, epoch, result, improved))
-                log.info(
-                    "step %d: eval loss %.4f, accuracy %.4f, f1 %.4f%s",
-                    step,
-                    result.loss,
-                    result.scores["accuracy"],
-                    result.scores["f1"],
-                    " (best)" if improved else "",
-                )
-                if (
-                    settings.early_stopping_patience
-                    and best.evals_since >= settings.early_stopping_patience
-                ):
-                    log.info(
-                        "early stopping: no %s improvement in %d evaluations",
-                        best.metric,
-                        best.evals_since,
-                    )
-                    total_steps = step
-            if step >= total_steps:
+                p.running_loss = []
+            evaluate_now = p.step % eval_every == 0 or p.step == total_steps
+            if evaluate_now and _validate(accelerator, model, eval_loader, p, record, settings):
+                total_steps = p.step  # early stopping
+            if p.step >= total_steps:
                 break
-        if step >= total_steps:
-            break
+            p.seconds = time.perf_counter() - start
+            if should_stop is not None and should_stop():
+                checkpoint(p)
+                bar.close()
+                return Outcome(p.step, p.best, p.seconds, preempted=True)
+            end_of_epoch = p.batches == len(train_loader)
+            every = settings.checkpoint_every
+            if checkpoint is not None and every and p.step % every == 0 and not end_of_epoch:
+                checkpoint(p)
+        else:  # the epoch ran to its end
+            p.epoch, p.batches = p.epoch + 1, 0
+            p.seconds = time.perf_counter() - start
+            if checkpoint is not None and p.step < total_steps:
+                checkpoint(p)
+            continue
+        break
     bar.close()
-    return Outcome(steps=step, best=best, train_seconds=time.perf_counter() - start)
+    return Outcome(steps=p.step, best=p.best, train_seconds=time.perf_counter() - start)
+
+
+def _validate(accelerator, model, eval_loader, p: Progress, record, settings) -> bool:
+    """Evaluate, track the best, record the row; True when early stopping says stop."""
+    eval_start = time.perf_counter()
+    result = evaluate(accelerator, model, eval_loader)
+    p.eval_seconds += time.perf_counter() - eval_start
+    improved = p.best.update(result, p.step, accelerator.unwrap_model(model))
+    record(_eval_row(p.step, p.epoch, result, improved))
+    log.info(
+        "step %d: eval loss %.4f, accuracy %.4f, f1 %.4f%s",
+        p.step,
+        result.loss,
+        result.scores["accuracy"],
+        result.scores["f1"],
+        " (best)" if improved else "",
+    )
+    patience = settings.early_stopping_patience
+    if patience and p.best.evals_since >= patience:
+        log.info(
+            "early stopping: no %s improvement in %d evaluations",
+            p.best.metric,
+            p.best.evals_since,
+        )
+        return True
+    return False
 
 
 @torch.no_grad()
@@ -191,12 +240,12 @@ def train_mode(model: torch.nn.Module) -> None:
             module.eval()
 
 
-def _train_row(accelerator, step, epoch, losses, scheduler, examples_per_s) -> dict:
-    loss = accelerator.gather(torch.stack(losses).mean()).mean().item()
+def _train_row(accelerator, p: Progress, scheduler, examples_per_s) -> dict:
+    loss = accelerator.gather(torch.stack(p.running_loss).mean()).mean().item()
     return {
         "kind": "train",
-        "step": step,
-        "epoch": epoch,
+        "step": p.step,
+        "epoch": p.epoch,
         "loss": loss,
         "lr": scheduler.get_last_lr()[0],
         "examples_per_s": examples_per_s,  # training only: evaluation time excluded

@@ -5,6 +5,7 @@
 <run>/model/          Hugging Face format: safetensors, config with id2label, tokenizer
 <run>/metrics.json    final evaluation (written last: its presence means the run finished)
 <run>/plots/          loss.png, accuracy.png, confusion_matrix.png
+<run>/checkpoints/    the latest training checkpoints (sft/checkpoint.py)
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class RunDir:
     def record(self, row: dict) -> None:
         with self.history.open("a") as f:
             f.write(json.dumps(row) + "\n")
+
+    def truncate_history(self, rows: int) -> None:
+        """Keep the first `rows` rows (a resumed run writes those after its checkpoint again)."""
+        self.history.write_text("".join(f"{json.dumps(r)}\n" for r in self.read_history()[:rows]))
 
     def read_history(self) -> list[dict]:
         if not self.history.exists():

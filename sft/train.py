@@ -8,10 +8,12 @@ and config errors answer in about a second.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sft import config as schema
-from sft.errors import SftError
+from sft.errors import Preempted, SftError
 
 log = logging.getLogger("sft.train")
 schema.register()
@@ -36,6 +38,8 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
     from sft import finetune, loop
+    from sft.checkpoint import Checkpoints, Preemption
+    from sft.feature_cache import FeatureCache
     from sft.loss import class_weights, cross_entropy
     from sft.model import load_classifier
     from sft.outputs import RunDir
@@ -58,10 +62,17 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         logging.getLogger("sft").setLevel(logging.WARNING)  # one voice: rank zero's
     set_seed(cfg.seed)
     out = RunDir(run_dir)
+    if cfg.resume == "auto" and out.metrics.exists() and not cfg.dry_run:
+        log.info("%s holds a finished run (metrics.json): nothing to do", out.root)
+        accelerator.end_training()
+        return json.loads(out.metrics.read_text())
+    checkpoints = Checkpoints(accelerator, out.root, cfg.trainer.keep_checkpoints)
+    resume_from = _resume_point(cfg.resume, checkpoints)
     if accelerator.is_main_process:
         out.write_config(cfg)
         out.clear_results()
-        out.start_history()
+        if resume_from is None:
+            out.start_history()
 
     with accelerator.main_process_first():  # rank 0 fills the datasets cache, the rest reuse it
         splits, inputs = load_data(cfg)
@@ -80,7 +91,14 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     if cfg.trainer.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
     model, groups = _choose_trainable(model, cfg)
-    train_loader, val_loader, test_loader = _loaders(splits, inputs, cfg)
+    cache = None
+    if cfg.finetune.cache_features and not cfg.dry_run:
+        cache = FeatureCache.create(
+            model, cfg.finetune.strategy, inputs.train_randomness(splits.train)
+        )
+    if cache is not None:
+        splits = cache.index(splits)
+    train_loader, val_loader, test_loader, shuffle = _loaders(splits, inputs, cfg)
     optimizer = _optimizer(groups, cfg.optimizer)
     model, optimizer, train_loader, val_loader = accelerator.prepare(
         model, optimizer, train_loader, val_loader
@@ -102,41 +120,80 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         accelerator.end_training()
         return summary
     total_steps, scheduler = _schedule(cfg, optimizer, len(train_loader), accelerator)
+    accelerator.register_for_checkpointing(scheduler)
+    progress = None
+    if resume_from is not None:
+        progress, history_rows = checkpoints.load(resume_from, cfg.trainer.metric)
+        if accelerator.is_main_process:
+            out.truncate_history(history_rows)  # rows written after the checkpoint come again
+        log.info("resuming from %s (step %d, epoch %d)", resume_from, progress.step, progress.epoch)
+    if cache is not None:  # every process caches every example: keys are global
+        cache.fill(
+            splits,
+            inputs.collator(train=False),
+            cfg.trainer.eval_batch_size,
+            accelerator.device,
+            cfg.finetune.cache_max_gib,
+            progress=cfg.trainer.progress and accelerator.is_main_process,
+        )
 
     record = out.record if accelerator.is_main_process else (lambda row: None)
 
-    def on_epoch(epoch: int) -> None:
+    def on_epoch(epoch: int, resumed: bool) -> None:
+        # Each epoch's shuffle depends on the seed and the epoch alone: a resumed run draws it
+        # again and skips what it already trained on.
+        shuffle.manual_seed(cfg.seed + epoch)
         if unfreezer is not None:
             blocks = unfreezer.apply(epoch)
-            record({"kind": "unfreeze", "epoch": epoch, "blocks_training": blocks})
+            if not resumed:
+                record({"kind": "unfreeze", "epoch": epoch, "blocks_training": blocks})
             log.info("epoch %d: %d of %d blocks train", epoch, blocks, len(unfreezer.layout.blocks))
 
-    outcome = loop.fit(
-        accelerator,
-        model,
-        optimizer,
-        scheduler,
-        train_loader,
-        val_loader,
-        cfg.trainer,
-        total_steps,
-        record,
-        cross_entropy(
-            class_weights(cfg.loss.class_weights, splits.train["labels"], len(splits.labels)),
-            cfg.loss.label_smoothing,
-        ),
-        on_epoch,
-    )
+    def checkpoint(p: loop.Progress) -> None:
+        checkpoints.save(p, len(out.read_history()) if accelerator.is_main_process else 0)
 
-    unwrapped = accelerator.unwrap_model(model)
-    validation = outcome.best.evaluation
-    if outcome.best.state is not None:
-        unwrapped.load_state_dict(outcome.best.state)
-    else:  # no finite evaluation: report the last weights as they are
-        validation = loop.evaluate(accelerator, model, val_loader)
-    final = validation
-    if test_loader is not None:
-        final = loop.evaluate(accelerator, model, accelerator.prepare(test_loader))
+    keep = cfg.trainer.keep_checkpoints > 0
+    preemption = Preemption(accelerator) if keep else None
+
+    # Validation batches carry cache keys: evaluate them within `serving` too.
+    with cache.serving() if cache is not None else nullcontext():
+        outcome = loop.fit(
+            accelerator,
+            model,
+            optimizer,
+            scheduler,
+            train_loader,
+            val_loader,
+            cfg.trainer,
+            total_steps,
+            record,
+            cross_entropy(
+                class_weights(cfg.loss.class_weights, splits.train["labels"], len(splits.labels)),
+                cfg.loss.label_smoothing,
+            ),
+            on_epoch,
+            resume=progress,
+            checkpoint=checkpoint if keep else None,
+            should_stop=preemption,
+        )
+        if preemption is not None:
+            preemption.restore()
+        if outcome.preempted:
+            accelerator.end_training()
+            raise Preempted(
+                f"stopped by SIGTERM at step {outcome.steps}; checkpoint saved in "
+                f"{checkpoints.root}. Run the same command again to continue (resume=auto)"
+            )
+
+        unwrapped = accelerator.unwrap_model(model)
+        validation = outcome.best.evaluation
+        if outcome.best.state is not None:
+            unwrapped.load_state_dict(outcome.best.state)
+        else:  # no finite evaluation: report the last weights as they are
+            validation = loop.evaluate(accelerator, model, val_loader)
+        final = validation
+        if test_loader is not None:
+            final = loop.evaluate(accelerator, model, accelerator.prepare(test_loader))
     result = {
         "split": "test" if test_loader is not None else "validation",
         **_report(final, splits.labels),
@@ -145,12 +202,31 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         "steps": outcome.steps,
         "train_seconds": round(outcome.train_seconds, 1),
     }
+    if cache is not None and cache.features:
+        result["feature_cache_seconds"] = round(cache.seconds, 1)  # spent before training
     if accelerator.is_main_process:
         if cfg.finetune.strategy == "lora" and cfg.finetune.merge:
             unwrapped = unwrapped.merge_and_unload()  # a plain transformers model to save
         _write_results(out, unwrapped, inputs.processor, result)
     accelerator.end_training()
     return result
+
+
+def _resume_point(resume: str, checkpoints) -> Path | None:
+    """The checkpoint to continue from: `resume=auto` takes the run directory's latest complete
+    one, `never` deletes them all, anything else names a checkpoint directory."""
+    if resume == "never":
+        checkpoints.remove_all()
+        return None
+    if resume == "auto":
+        return checkpoints.latest()
+    path = Path(resume)
+    if not path.is_dir():
+        raise SftError(
+            f"resume={resume}: no such checkpoint directory; use auto, never, or a "
+            f"<run>/checkpoints/step-N directory"
+        )
+    return path
 
 
 def _schedule(cfg: schema.Config, optimizer, batches_per_epoch: int, accelerator):
@@ -248,14 +324,18 @@ def make_inputs(cfg: schema.Config):
 
 
 def _loaders(splits, inputs, cfg: schema.Config):
+    """Train, validation and test loaders (test None when there is no test split), and the
+    generator that shuffles the train split."""
     import torch
     from torch.utils.data import DataLoader
+
+    from sft.feature_cache import FeatureCache
 
     def eval_loader(ds):
         return DataLoader(
             ds,
             batch_size=cfg.trainer.eval_batch_size,
-            collate_fn=inputs.collator(train=False),
+            collate_fn=FeatureCache.collator(inputs.collator(train=False)),
             num_workers=cfg.data.num_workers,
         )
 
@@ -271,12 +351,12 @@ def _loaders(splits, inputs, cfg: schema.Config):
         batch_size=cfg.trainer.batch_size,
         shuffle=sampler is None,
         sampler=sampler,
-        collate_fn=inputs.collator(train=True),
+        collate_fn=FeatureCache.collator(inputs.collator(train=True)),
         num_workers=cfg.data.num_workers,
         generator=generator,
     )
     test = eval_loader(splits.test) if splits.test is not None else None
-    return train, eval_loader(splits.validation), test
+    return train, eval_loader(splits.validation), test, generator
 
 
 def _balanced_sampler(labels, generator):
@@ -430,6 +510,9 @@ def main(cfg: DictConfig) -> float | None:
         log.debug("input error", exc_info=True)
         sys.stderr.write(f"error: {err}\n")
         sys.exit(2)
+    except Preempted as stop:
+        sys.stderr.write(f"{stop}\n")
+        sys.exit(0)  # a clean stop: the checkpoint is complete
     if cfg.dry_run:
         return None
     return result.get(cfg.trainer.metric) if cfg.trainer.metric != "loss" else result["loss"]

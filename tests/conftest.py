@@ -117,3 +117,33 @@ def run_cli(*overrides: str, cwd: Path, module: str = "sft.train") -> subprocess
         text=True,
         timeout=900,
     )
+
+
+# Tiny classifiers beside BERT: the task and how many blocks sft should find in each.
+KINDS = {
+    "vit": ("image-classification", 4),
+    "resnet": ("image-classification", 4),
+    "efficientnet": ("image-classification", 7),
+    "wav2vec2": ("audio-classification", 2),
+    "whisper": ("audio-classification", 2),
+}
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory, tiny_checkpoint):
+    """A loader of fresh tiny classifiers (3 labels) by kind: bert, vit, resnet, ..."""
+    import torch
+
+    from sft.model import load_classifier
+    from sft.prepare import tiny_model
+
+    paths = {"bert": (str(tiny_checkpoint), "text-classification")}
+    for kind, (task, _) in KINDS.items():
+        torch.manual_seed(0)
+        paths[kind] = (str(tiny_model(kind, tmp_path_factory.mktemp(kind))), task)
+
+    def load(kind: str, **kwargs):
+        path, task = paths[kind]
+        return load_classifier(path, ["a", "b", "c"], task, **kwargs)
+
+    return load

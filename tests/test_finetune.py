@@ -12,32 +12,7 @@ import torch
 from sft import finetune
 from sft.errors import SftError
 from sft.loss import class_weights, cross_entropy
-from sft.model import load_classifier
-from sft.prepare import tiny_model
-from tests.conftest import run_cli
-
-KINDS = {
-    "vit": ("image-classification", 4),
-    "resnet": ("image-classification", 4),
-    "efficientnet": ("image-classification", 7),
-    "wav2vec2": ("audio-classification", 2),
-    "whisper": ("audio-classification", 2),
-}
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory, tiny_checkpoint):
-    """A loader of fresh tiny classifiers (3 labels) by kind: bert, vit, resnet, ..."""
-    paths = {"bert": (str(tiny_checkpoint), "text-classification")}
-    for kind, (task, _) in KINDS.items():
-        torch.manual_seed(0)
-        paths[kind] = (str(tiny_model(kind, tmp_path_factory.mktemp(kind))), task)
-
-    def load(kind: str, **kwargs):
-        path, task = paths[kind]
-        return load_classifier(path, ["a", "b", "c"], task, **kwargs)
-
-    return load
+from tests.conftest import KINDS, run_cli
 
 
 def run_tiny_text(tmp_path, checkpoint, corpus, *overrides: str):

@@ -1,15 +1,20 @@
 """Two gloo processes on CPU through `accelerate launch`: the run completes, counts every test
-example exactly once, and only rank zero writes the run directory."""
+example exactly once, only rank zero writes the run directory, ranks started apart agree on
+that directory, and two processes of batch b train as one process of batch 2b."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -53,3 +58,87 @@ def test_two_cpu_processes_train_and_count_each_example_once(
     rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if r["kind"] == "train"]
     assert steps == sorted(set(steps))  # one writer: no step recorded twice
+
+
+def launch(*args: str, cwd: Path, processes: int = 2) -> subprocess.CompletedProcess:
+    """`accelerate launch --multi_gpu --num_processes N <args>` on CPU (gloo), offline."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes", str(processes),
+        "--main_process_port", str(free_port()),
+        *args,
+    ]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def test_ranks_started_seconds_apart_share_one_run_directory(
+    tmp_path, tiny_checkpoint, text_corpus
+):
+    staggered = Path(__file__).parent / "helpers" / "staggered_train.py"
+    launch(
+        str(staggered),
+        "recipe=bert_news",
+        f"model.checkpoint={tiny_checkpoint}",
+        f"data.path={text_corpus}",
+        "data.max_length=32",
+        "trainer.max_steps=4",
+        "trainer.progress=false",
+        cwd=tmp_path,
+    )  # no output_dir: the default runs/<date>/<time> must be the same on both ranks
+    run_dirs = [p for p in (tmp_path / "runs").glob("*/*") if p.is_dir()]
+    assert len(run_dirs) == 1, run_dirs
+    assert (run_dirs[0] / "metrics.json").exists()
+
+
+@pytest.fixture
+def no_dropout_checkpoint(tmp_path, tiny_checkpoint) -> Path:
+    """The tiny BERT without dropout: one process or two then compute the same function."""
+    path = tmp_path / "tiny-bert-no-dropout"
+    shutil.copytree(tiny_checkpoint, path)
+    config = json.loads((path / "config.json").read_text())
+    config |= {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_two_processes_of_batch_b_equal_one_process_of_batch_2b(
+    tmp_path, no_dropout_checkpoint, text_corpus
+):
+    common = [
+        "recipe=bert_news",
+        f"model.checkpoint={no_dropout_checkpoint}",
+        f"data.path={text_corpus}",
+        "data.max_length=32",
+        "data.max_train_samples=48",  # whole batches on every process: no padded last batch
+        "trainer.epochs=3",
+        "trainer.log_every=1",
+        "optimizer.lr=5e-3",
+        "trainer.progress=false",
+    ]
+    one = run_cli(*common, "trainer.batch_size=8", f"output_dir={tmp_path / 'one'}", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    launch(
+        "-m", "sft.train", *common, "trainer.batch_size=4", f"output_dir={tmp_path / 'two'}",
+        cwd=tmp_path,
+    )  # fmt: skip
+
+    def read(run: str):
+        lines = (tmp_path / run / "history.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines], json.loads(
+            (tmp_path / run / "metrics.json").read_text()
+        )
+
+    (one_history, one_metrics), (two_history, two_metrics) = read("one"), read("two")
+    assert [(r["kind"], r["step"]) for r in one_history] == [
+        (r["kind"], r["step"]) for r in two_history
+    ]
+    assert len([r for r in one_history if r["kind"] == "train"]) == 18  # 6 steps x 3 epochs
+    for a, b in zip(one_history, two_history, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6), (a, b)
+    for key in ("accuracy", "f1", "confusion_matrix", "num_examples", "best_step"):
+        assert two_metrics[key] == one_metrics[key]
+    assert two_metrics["loss"] == pytest.approx(one_metrics["loss"], rel=1e-4)

@@ -55,6 +55,13 @@ class AudioInputs(Inputs):
         lengths = [int(d * 1000) for d in ds[DURATION]]
         return LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
 
+    def train_randomness(self, ds: datasets.Dataset) -> str | None:
+        if self.augment is not None:
+            return "audio augmentation is on"
+        if self.max_duration is not None and max(ds[DURATION], default=0) > self.max_duration:
+            return f"clips longer than data.max_duration={self.max_duration} are cropped at random"
+        return None
+
     def _check_split(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
         ds = ds.cast_column(self.column, datasets.Audio(decode=False))
         durations = [_duration(row[self.column], split) for row in ds.select_columns([self.column])]

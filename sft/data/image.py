@@ -43,6 +43,9 @@ class ImageInputs(Inputs):
     def collator(self, train: bool) -> Callable[[list[dict]], dict[str, Any]]:
         return partial(self._collate, augment=self.augment if train else None)
 
+    def train_randomness(self, ds: datasets.Dataset) -> str | None:
+        return "image augmentation is on" if self.augment is not None else None
+
     def _check_split(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
         ds = ds.cast_column(self.column, datasets.Image(decode=False))
         for row in ds.select_columns([self.column]):

@@ -35,6 +35,11 @@ class Inputs(Protocol):
         None means plain shuffling."""
         return None
 
+    def train_randomness(self, ds: datasets.Dataset) -> str | None:
+        """Why a train example can reach the model differently from epoch to epoch
+        (augmentation, random crops), or None when it cannot."""
+        return None
+
 
 def load_processor(auto_class, checkpoint: str, revision: str | None, what: str, file: str, **kw):
     """`auto_class.from_pretrained(checkpoint)`, or an SftError naming the checkpoint, the

@@ -1,0 +1,181 @@
+"""Checkpoints, so that a run killed, preempted or crashed continues where it stopped and ends as
+an uninterrupted run would have.
+
+<run>/checkpoints/step-00000120/
+    Accelerate's `save_state`: model, optimizer, scheduler, the RNG states of every process
+    progress.pt     the loop's position (epoch, batches consumed), best result, history length
+    complete.json   every file's size; written last, checked before a checkpoint is trusted
+
+A checkpoint is written into a hidden `.partial-*` directory and renamed when complete; the
+last `keep` are kept. Every process calls `save` and `load` (Accelerate coordinates them); only
+the main process touches the directory itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import signal
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from sft.errors import SftError
+from sft.loop import Best, Evaluation, Progress
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "complete.json"
+PROGRESS = "progress.pt"
+_NAME = re.compile(r"step-(\d+)$")
+
+
+class Checkpoints:
+    def __init__(self, accelerator: Accelerator, run_dir: Path, keep: int):
+        self.accelerator = accelerator
+        self.root = Path(run_dir) / "checkpoints"
+        self.keep = keep
+
+    def save(self, p: Progress, history_rows: int) -> Path:
+        acc = self.accelerator
+        final = self.root / f"step-{p.step:08d}"
+        partial = self.root / f".partial-{final.name}"
+        if acc.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(partial))
+        acc.wait_for_everyone()  # every process's RNG file is in place
+        if acc.is_main_process:
+            torch.save(_progress_state(p, history_rows), partial / PROGRESS)
+            files = {
+                str(f.relative_to(partial)): f.stat().st_size
+                for f in sorted(partial.rglob("*"))
+                if f.is_file()
+            }
+            (partial / MANIFEST).write_text(json.dumps({"step": p.step, "files": files}))
+            shutil.rmtree(final, ignore_errors=True)
+            partial.rename(final)
+            for old in self.complete()[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+            log.info("checkpoint: %s", final)
+        acc.wait_for_everyone()
+        return final
+
+    def complete(self) -> list[Path]:
+        """Complete checkpoints, oldest first; incomplete ones are skipped with a warning."""
+        found = sorted(
+            (int(m.group(1)), d)
+            for d in (self.root.iterdir() if self.root.is_dir() else [])
+            if (m := _NAME.match(d.name))
+        )
+        good = []
+        for _, directory in found:
+            problem = incomplete(directory)
+            if problem:
+                log.warning("ignoring checkpoint %s: %s", directory, problem)
+            else:
+                good.append(directory)
+        return good
+
+    def latest(self) -> Path | None:
+        complete = self.complete()
+        return complete[-1] if complete else None
+
+    def load(self, directory: Path, metric: str) -> tuple[Progress, int]:
+        """Restore model, optimizer, scheduler and RNGs from `directory`; returns the loop's
+        progress there and how many history rows the run had written by then."""
+        problem = incomplete(directory)
+        if problem:
+            raise SftError(f"resume={directory}: not a complete checkpoint ({problem})")
+        self.accelerator.load_state(str(directory))
+        state = torch.load(directory / PROGRESS, weights_only=False)  # our own file
+        return _progress_from(state, metric, self.accelerator.device), state["history_rows"]
+
+    def remove_all(self) -> None:
+        if self.accelerator.is_main_process:
+            shutil.rmtree(self.root, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+
+
+def incomplete(directory: Path) -> str | None:
+    """Why `directory` is not a complete checkpoint, or None if it is."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return f"no readable {MANIFEST} (it is written last)"
+    for name, size in manifest["files"].items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, not {size}"
+    return None
+
+
+def _progress_state(p: Progress, history_rows: int) -> dict:
+    best = p.best
+    return {
+        "step": p.step,
+        "epoch": p.epoch,
+        "batches": p.batches,
+        "seen": p.seen,
+        "running_loss": [float(x) for x in p.running_loss],
+        "seconds": p.seconds,
+        "eval_seconds": p.eval_seconds,
+        "history_rows": history_rows,
+        "best": {
+            "score": best.score,
+            "step": best.step,
+            "evals_since": best.evals_since,
+            "state": best.state,
+            "evaluation": vars(best.evaluation) if best.evaluation is not None else None,
+        },
+    }
+
+
+def _progress_from(state: dict, metric: str, device: torch.device) -> Progress:
+    b = state["best"]
+    best = Best(
+        metric,
+        score=tuple(b["score"]),
+        step=b["step"],
+        state=b["state"],
+        evaluation=Evaluation(**b["evaluation"]) if b["evaluation"] is not None else None,
+        evals_since=b["evals_since"],
+    )
+    return Progress(
+        best=best,
+        step=state["step"],
+        epoch=state["epoch"],
+        batches=state["batches"],
+        seen=state["seen"],
+        running_loss=[torch.tensor(x, device=device) for x in state["running_loss"]],
+        seconds=state["seconds"],
+        eval_seconds=state["eval_seconds"],
+    )
+
+
+class Preemption:
+    """Remembers a SIGTERM (how clusters preempt) so that training can checkpoint and stop at
+    the next step; every process stops at the same step."""
+
+    def __init__(self, accelerator: Accelerator):
+        self.accelerator = accelerator
+        self.signalled = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signalled = True
+
+    def __call__(self) -> bool:
+        if self.accelerator.num_processes == 1:
+            return self.signalled
+        flag = torch.tensor([float(self.signalled)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
