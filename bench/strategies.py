@@ -25,6 +25,13 @@ STRATEGIES = {
     "full": [],
     "head_only": ["finetune=head_only", "optimizer.lr=2e-3"],
     "head_only (uncached)": ["finetune=head_only", "optimizer.lr=2e-3", NO_CACHE],
+    "head_only, 10 epochs": ["finetune=head_only", "optimizer.lr=2e-3", "trainer.epochs=10"],
+    "head_only, 10 epochs (uncached)": [
+        "finetune=head_only",
+        "optimizer.lr=2e-3",
+        "trainer.epochs=10",
+        NO_CACHE,
+    ],
     "top_k=2": ["finetune=top_k", "finetune.k=2", "optimizer.lr=2e-4"],
     "top_k=2 (uncached)": ["finetune=top_k", "finetune.k=2", "optimizer.lr=2e-4", NO_CACHE],
     "lora (r=8, query/value)": ["finetune=lora", "optimizer.lr=1e-3"],
