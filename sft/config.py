@@ -136,6 +136,14 @@ class TrainerConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """The experiment tracker, through Accelerate: tensorboard | mlflow | trackio | wandb | none.
+    Each writes into (or beside) the run directory; all but tensorboard install separately."""
+
+    name: str = "tensorboard"
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -145,6 +153,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 42
     dry_run: bool = False  # build model and data, print the parameter-group table, train nothing
     # auto: continue from the run directory's latest complete checkpoint (a finished run is
@@ -261,8 +270,12 @@ def launch_time() -> datetime:
 
 def register() -> None:
     """Make the schema and the `${sft.package:...}` / `${sft.repo:...}` /
-    `${sft.launch_time:<strftime format>}` resolvers known."""
+    `${sft.launch_time:<strftime format>}` / `${sft.sweep_name:}` resolvers known."""
     ConfigStore.instance().store(name="schema", node=Config)
+    if not OmegaConf.has_resolver("sft.sweep_name"):
+        from sft.sweep import sweep_name
+
+        OmegaConf.register_new_resolver("sft.sweep_name", sweep_name, use_cache=True)
     if not OmegaConf.has_resolver("sft.launch_time"):
         OmegaConf.register_new_resolver(
             "sft.launch_time", lambda fmt: launch_time().strftime(fmt), use_cache=True

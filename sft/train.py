@@ -37,7 +37,7 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
-    from sft import finetune, loop
+    from sft import finetune, loop, trackers
     from sft.checkpoint import Checkpoints, Preemption
     from sft.feature_cache import FeatureCache
     from sft.loss import class_weights, cross_entropy
@@ -48,6 +48,8 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     gradual = cfg.finetune.strategy == "gradual"
     accelerator = Accelerator(
         mixed_precision=_precision(cfg.trainer.precision),
+        log_with=trackers.log_with(cfg.logger.name),
+        project_dir=str(run_dir),
         gradient_accumulation_steps=cfg.trainer.grad_accum_steps,
         # Some parameters get no gradient in a step: blocks frozen for a while (gradual),
         # layers skipped by LayerDrop (wav2vec2, HuBERT). DDP must expect that, as HF Trainer
@@ -73,6 +75,10 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         out.clear_results()
         if resume_from is None:
             out.start_history()
+    if cfg.logger.name != "none" and not cfg.dry_run:
+        accelerator.init_trackers(
+            trackers.project_name(cfg.logger.name), config=trackers.hyperparameters(cfg)
+        )
 
     with accelerator.main_process_first():  # rank 0 fills the datasets cache, the rest reuse it
         splits, inputs = load_data(cfg)
@@ -128,16 +134,20 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
             out.truncate_history(history_rows)  # rows written after the checkpoint come again
         log.info("resuming from %s (step %d, epoch %d)", resume_from, progress.step, progress.epoch)
     if cache is not None:  # every process caches every example: keys are global
-        cache.fill(
-            splits,
-            inputs.collator(train=False),
-            cfg.trainer.eval_batch_size,
-            accelerator.device,
-            cfg.finetune.cache_max_gib,
-            progress=cfg.trainer.progress and accelerator.is_main_process,
-        )
+        with accelerator.autocast():  # the precision training would compute them in
+            cache.fill(
+                splits,
+                inputs.collator(train=False),
+                cfg.trainer.eval_batch_size,
+                accelerator.device,
+                cfg.finetune.cache_max_gib,
+                progress=cfg.trainer.progress and accelerator.is_main_process,
+            )
 
-    record = out.record if accelerator.is_main_process else (lambda row: None)
+    def record(row: dict) -> None:  # history.jsonl and the tracker, from rank 0 only
+        if accelerator.is_main_process:
+            out.record(row)
+            accelerator.log(trackers.scalars(row), step=row.get("step"))
 
     def on_epoch(epoch: int, resumed: bool) -> None:
         # Each epoch's shuffle depends on the seed and the epoch alone: a resumed run draws it
@@ -208,6 +218,8 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         if cfg.finetune.strategy == "lora" and cfg.finetune.merge:
             unwrapped = unwrapped.merge_and_unload()  # a plain transformers model to save
         _write_results(out, unwrapped, inputs.processor, result)
+    accelerator.wait_for_everyone()
+    checkpoints.remove_all()  # the run is complete: model/ and metrics.json replace them
     accelerator.end_training()
     return result
 
@@ -515,7 +527,9 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(0)  # a clean stop: the checkpoint is complete
     if cfg.dry_run:
         return None
-    return result.get(cfg.trainer.metric) if cfg.trainer.metric != "loss" else result["loss"]
+    # What a sweeper (Optuna) optimises: the validation score. Choosing by test scores would
+    # leak the test set into the choice.
+    return result["validation"][cfg.trainer.metric]
 
 
 if __name__ == "__main__":

@@ -60,7 +60,9 @@ def test_two_cpu_processes_train_and_count_each_example_once(
     assert steps == sorted(set(steps))  # one writer: no step recorded twice
 
 
-def launch(*args: str, cwd: Path, processes: int = 2) -> subprocess.CompletedProcess:
+def launch(
+    *args: str, cwd: Path, processes: int = 2, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """`accelerate launch --multi_gpu --num_processes N <args>` on CPU (gloo), offline."""
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
@@ -69,7 +71,7 @@ def launch(*args: str, cwd: Path, processes: int = 2) -> subprocess.CompletedPro
         "--main_process_port", str(free_port()),
         *args,
     ]  # fmt: skip
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", **(env or {})}
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
@@ -142,3 +144,45 @@ def test_two_processes_of_batch_b_equal_one_process_of_batch_2b(
     for key in ("accuracy", "f1", "confusion_matrix", "num_examples", "best_step"):
         assert two_metrics[key] == one_metrics[key]
     assert two_metrics["loss"] == pytest.approx(one_metrics["loss"], rel=1e-4)
+
+
+def test_sigterm_on_one_rank_stops_both_at_one_checkpoint_and_resume_is_exact(
+    tmp_path, tiny_checkpoint, text_corpus
+):
+    common = [
+        "recipe=bert_news",
+        f"model.checkpoint={tiny_checkpoint}",
+        f"data.path={text_corpus}",
+        "data.max_length=32",
+        "data.max_train_samples=48",
+        "trainer.batch_size=4",
+        "trainer.epochs=2",
+        "trainer.log_every=1",
+        "optimizer.lr=5e-3",
+        "trainer.progress=false",
+    ]
+    launch("-m", "sft.train", *common, f"output_dir={tmp_path / 'whole'}", cwd=tmp_path)
+    interrupted = Path(__file__).parent / "helpers" / "interrupted_train.py"
+    run_dir = tmp_path / "preempted"
+    signal_rank_1 = {
+        "SFT_TEST_SIGNAL": "TERM",
+        "SFT_TEST_SIGNAL_AT_STEP": "4",
+        "SFT_TEST_SIGNAL_RANK": "1",
+    }
+    stopped = launch(
+        str(interrupted), *common, f"output_dir={run_dir}", cwd=tmp_path, env=signal_rank_1
+    )
+    assert "stopped by SIGTERM at step 4" in stopped.stderr
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-00000004"]
+    assert not (run_dir / "metrics.json").exists()
+
+    launch("-m", "sft.train", *common, f"output_dir={run_dir}", cwd=tmp_path)
+
+    def read(run: Path):
+        rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+        metrics = json.loads((run / "metrics.json").read_text())
+        return [{k: v for k, v in r.items() if k != "examples_per_s"} for r in rows], {
+            k: v for k, v in metrics.items() if k != "train_seconds"
+        }
+
+    assert read(run_dir) == read(tmp_path / "whole")

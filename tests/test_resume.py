@@ -1,7 +1,7 @@
 """Checkpoints and resume, on the tiny BERT: a run killed (SIGKILL) or preempted (SIGTERM) at a
 fixed step and then run again ends with the history and metrics of an uninterrupted run; an
 incomplete checkpoint is passed over for the previous complete one; a finished run is left as
-it is; only the last K checkpoints stay."""
+it is; only the last K checkpoints stay while it runs."""
 
 from __future__ import annotations
 
@@ -79,9 +79,9 @@ def checkpoint_names(run_dir: Path) -> list[str]:
     return sorted(p.name for p in (run_dir / "checkpoints").iterdir())
 
 
-def test_uninterrupted_run_keeps_the_last_k_checkpoints(uninterrupted):
-    assert checkpoint_names(uninterrupted) == ["step-00000015", "step-00000018"]
+def test_a_completed_run_removes_its_checkpoints(uninterrupted):
     assert outcome(uninterrupted)[1]["steps"] == 21
+    assert not (uninterrupted / "checkpoints").exists()
 
 
 def test_killed_run_resumed_equals_uninterrupted_run(tmp_path, overrides, uninterrupted):
@@ -90,7 +90,7 @@ def test_killed_run_resumed_equals_uninterrupted_run(tmp_path, overrides, uninte
     killed = interrupted("KILL", 11, *args, cwd=tmp_path)
     assert killed.returncode == -signal.SIGKILL
     assert not (run_dir / "metrics.json").exists()
-    assert checkpoint_names(run_dir) == ["step-00000007", "step-00000009"]
+    assert checkpoint_names(run_dir) == ["step-00000007", "step-00000009"]  # the last K=2
 
     resumed = run_cli(*args, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

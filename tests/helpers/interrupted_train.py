@@ -1,5 +1,6 @@
 """`sft.train` that signals itself right after optimizer step N: a deterministic stand-in for a
-crash (SFT_TEST_SIGNAL=KILL) or a cluster preemption (TERM) at that point of training.
+crash (SFT_TEST_SIGNAL=KILL) or a cluster preemption (TERM) at that point of training. Under
+`accelerate launch`, SFT_TEST_SIGNAL_RANK=1 signals that rank only.
 
     SFT_TEST_SIGNAL=KILL SFT_TEST_SIGNAL_AT_STEP=11 python tests/helpers/interrupted_train.py ...
 """
@@ -12,6 +13,9 @@ import torch
 
 at_step = int(os.environ["SFT_TEST_SIGNAL_AT_STEP"])
 signum = getattr(signal, "SIG" + os.environ["SFT_TEST_SIGNAL"])
+rank = os.environ.get("SFT_TEST_SIGNAL_RANK")
+if rank is not None and rank != os.environ.get("LOCAL_RANK"):
+    at_step = -1  # another rank gets the signal
 adamw_step = torch.optim.AdamW.step
 steps = 0
 

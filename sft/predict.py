@@ -1,0 +1,235 @@
+"""Classify inputs with a fine-tuned model:
+
+    python -m sft.predict <run_dir | model_dir | hub id> <inputs...> [--top-k 3]
+        [--column text] [--output predictions.csv | predictions.json] [--batch-size 32]
+
+Inputs are text strings, text files, image or audio files, directories of them, or CSV / TSV /
+JSON / JSONL / Parquet tables with a column of texts or file paths (relative to the table).
+Each gets its label and score and the top k labels, printed as a table or written to --output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sft.data.sources import FORMATS, MEDIA
+from sft.errors import SftError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COLUMNS = {"text": "text", "image": "image", "audio": "audio"}
+
+
+@dataclass
+class Model:
+    ref: str  # a local directory or a hub id
+    task: str  # text-classification | image-classification | audio-classification
+    column: str | None = None  # the input column of the run that trained it
+
+    @property
+    def modality(self) -> str:
+        return self.task.split("-")[0]
+
+
+def resolve(source: str) -> Model:
+    """The model behind a run directory, a model directory or a hub id, and its task."""
+    path = Path(source)
+    if (path / "model").is_dir() and (path / "config.yaml").is_file():
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.load(path / "config.yaml")
+        modality = config.task.split("-")[0]
+        column = OmegaConf.select(config, f"data.{modality}_column", default=None)
+        return Model(str(path / "model"), config.task, column)
+    if path.exists() and not (path / "config.json").is_file():
+        raise SftError(
+            f"{source} is neither a run directory (with model/ and config.yaml) nor a model "
+            f"directory (with config.json)"
+        )
+    return Model(str(path) if path.exists() else source, detect_task(source))
+
+
+def detect_task(ref: str) -> str:
+    """The pipeline task of a checkpoint, from its model type."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+    )
+
+    try:
+        config = AutoConfig.from_pretrained(ref)
+    except Exception as err:
+        raise SftError(
+            f"cannot load a model config from '{ref}' ({type(err).__name__}); pass a run "
+            f"directory, a model directory or a hub id"
+        ) from err
+    if config.model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
+        return "image-classification"
+    if config.model_type in MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES:
+        return "audio-classification"
+    return "text-classification"
+
+
+def collect(inputs: list[str], modality: str, column: str) -> list[tuple[str, str]]:
+    """(name shown, value) per example: texts for text models, file paths otherwise."""
+    items: list[tuple[str, str]] = []
+    for arg in inputs:
+        path = Path(arg)
+        if path.is_dir():
+            files = sorted(f for f in path.rglob("*") if MEDIA.get(f.suffix.lower()) == modality)
+            if not files:
+                raise SftError(f"directory {arg} holds no {modality} files")
+            items += [_file_item(f, modality) for f in files]
+        elif path.is_file() and path.suffix.lower() in FORMATS:
+            items += _table_items(path, modality, column)
+        elif path.is_file():
+            kind = MEDIA.get(path.suffix.lower())
+            if kind != modality:
+                raise SftError(
+                    f"{arg} is not a {modality} file the model can read (known suffixes: "
+                    f"{', '.join(s for s, k in MEDIA.items() if k == modality)})"
+                )
+            items.append(_file_item(path, modality))
+        elif modality == "text":
+            items.append((arg, arg))
+        else:
+            raise SftError(f"{arg} does not exist; give {modality} files or directories")
+    return items
+
+
+def _file_item(path: Path, modality: str) -> tuple[str, str]:
+    if modality == "text":
+        return str(path), path.read_text(encoding="utf-8", errors="replace")
+    return str(path), str(path.resolve())
+
+
+def _table_items(path: Path, modality: str, column: str) -> list[tuple[str, str]]:
+    import pandas as pd
+
+    readers = {
+        ".csv": pd.read_csv,
+        ".tsv": lambda p: pd.read_csv(p, sep="\t"),
+        ".json": pd.read_json,
+        ".jsonl": lambda p: pd.read_json(p, lines=True),
+        ".parquet": pd.read_parquet,
+    }
+    try:
+        table = readers[path.suffix.lower()](path)
+    except Exception as err:
+        raise SftError(f"{path} cannot be read as {path.suffix} ({err})") from err
+    if column not in table.columns:
+        raise SftError(
+            f"{path} has no column '{column}' (columns: {', '.join(map(str, table.columns))}); "
+            f"name the input column with --column"
+        )
+    values = table[column].tolist()
+    if modality == "text":
+        return [(str(v)[:60], str(v)) for v in values]
+    return [(str(v), str((path.parent / str(v)).resolve())) for v in values]
+
+
+def classify(
+    model: Model, items: list[tuple[str, str]], top_k: int, batch_size: int, progress: bool
+) -> list[dict[str, Any]]:
+    """One row per item: input, label, score, top_k [{label, score}, ...]."""
+    from tqdm.auto import tqdm
+    from transformers import pipeline
+
+    classifier = pipeline(model.task, model=model.ref, **_processor(model))
+    read = _reader(model, classifier)
+    rows = []
+    bar = tqdm(total=len(items), desc="predict", disable=not progress or len(items) < batch_size)
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        kwargs = {"truncation": True} if model.modality == "text" else {}
+        outputs = classifier([read(value) for _, value in chunk], top_k=top_k, **kwargs)
+        for (name, _), scores in zip(chunk, outputs, strict=True):
+            top = [{"label": s["label"], "score": float(s["score"])} for s in scores]
+            rows.append({"input": name, "label": top[0]["label"], "score": top[0]["score"],
+                         "top_k": top})  # fmt: skip
+        bar.update(len(chunk))
+    bar.close()
+    return rows
+
+
+def _processor(model: Model) -> dict[str, Any]:
+    """The processor sft trains with (PIL image backend; no torchvision beside CPU torch)."""
+    if model.modality == "image":
+        from sft.data.image import load_image_processor
+
+        return {"image_processor": load_image_processor(model.ref)}
+    return {}
+
+
+def _reader(model: Model, classifier):
+    """Turns an item's value into what the pipeline takes: text as is, images as PIL images
+    in the model's colour mode, audio as samples at the model's rate (decoded here, because the
+    pipeline resamples only through torchaudio)."""
+    if model.modality == "image":
+        from sft.data.image import _open
+
+        mode = "L" if getattr(classifier.model.config, "num_channels", 3) == 1 else "RGB"
+        return lambda path: _open({"path": path}, "input").convert(mode)
+    if model.modality == "audio":
+        from sft.data.audio import load_audio
+
+        rate = int(classifier.feature_extractor.sampling_rate)
+        return lambda path: {"raw": load_audio({"path": path}, rate), "sampling_rate": rate}
+    return lambda text: text
+
+
+def write(rows: list[dict[str, Any]], output: Path | None) -> None:
+    if output is None:
+        width = max([len(r["input"][:60]) for r in rows] + [5])
+        print(f"{'input':<{width}}  {'label':<16} score   top-k")  # noqa: T201
+        for r in rows:
+            others = ", ".join(f"{t['label']} {t['score']:.3f}" for t in r["top_k"])
+            print(f"{r['input'][:60]:<{width}}  {r['label']:<16} {r['score']:.3f}   {others}")  # noqa: T201
+        return
+    if output.suffix.lower() == ".json":
+        output.write_text(json.dumps(rows, indent=2) + "\n")
+    elif output.suffix.lower() == ".csv":
+        with output.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["input", "label", "score", "top_k"])
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({**r, "top_k": json.dumps(r["top_k"])})
+    else:
+        raise SftError(f"--output {output}: write .csv or .json")
+    log.info("wrote %d predictions to %s", len(rows), output)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m sft.predict", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("model", help="run directory, model directory or hub id")
+    parser.add_argument("inputs", nargs="+", help="texts, files, directories or tables")
+    parser.add_argument("--top-k", type=int, default=3, help="labels per input (default 3)")
+    parser.add_argument("--column", help="the input column of tables (default: the run's)")
+    parser.add_argument("--output", type=Path, help="write .csv or .json instead of printing")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        model = resolve(args.model)
+        column = args.column or model.column or DEFAULT_COLUMNS[model.modality]
+        items = collect(args.inputs, model.modality, column)
+        rows = classify(model, items, args.top_k, args.batch_size, not args.no_progress)
+        write(rows, args.output)
+    except SftError as err:
+        sys.stderr.write(f"error: {err}\n")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Publish a finished run: `python -m sft.push <run_dir> --repo-id <user/name> [--private]`.
+
+Uploads, in one commit through `huggingface_hub`: the model and its tokenizer / processor (from
+<run>/model), config.yaml, metrics.json, plots/ and a model card (README.md, see sft/card.py).
+The token comes from HF_TOKEN or `hf auth login`; it is never written anywhere. HF_ENDPOINT
+points at another hub (a company mirror, or a test server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from sft.card import model_card, read_run
+from sft.errors import SftError
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = ("config.yaml", "metrics.json")
+
+
+def push(run_dir: str | Path, repo_id: str, private: bool = False) -> str:
+    """Upload the finished run in `run_dir` to `repo_id`; returns the commit's URL."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    run = Path(run_dir)
+    read_run(run)  # a finished run, or a clear error
+    if not (run / "model").is_dir():
+        raise SftError(f"{run} has no model/ directory: the run did not save a model")
+    if constants.is_offline_mode():
+        raise SftError(
+            "HF_HUB_OFFLINE=1 is set, so nothing can be pushed; unset it (and HF_ENDPOINT, if "
+            "set, must name a reachable hub)"
+        )
+    api = HfApi()
+    with tempfile.TemporaryDirectory(prefix="sft-push-") as tmp:
+        staged = _stage(run, repo_id, Path(tmp))
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            commit = api.upload_folder(
+                repo_id=repo_id,
+                folder_path=staged,
+                commit_message=f"Upload {run.name} (sft)",
+            )
+        except HfHubHTTPError as err:
+            status = err.response.status_code if err.response is not None else None
+            if status in (401, 403):
+                raise SftError(
+                    f"the hub at {api.endpoint} refused the upload to {repo_id} (HTTP {status}); "
+                    f"set HF_TOKEN to a token with write access, or run `hf auth login`"
+                ) from err
+            raise SftError(f"pushing to {repo_id} at {api.endpoint} failed: {err}") from err
+        except OSError as err:  # connection refused, DNS, timeouts
+            raise SftError(
+                f"cannot reach the hub at {api.endpoint} ({type(err).__name__}); check the network "
+                f"or HF_ENDPOINT"
+            ) from err
+    log.info("pushed %s to %s", run, commit.commit_url)
+    return commit.commit_url
+
+
+def _stage(run: Path, repo_id: str, into: Path) -> Path:
+    """The repository's files: model/ at the top, the run's files and plots beside it."""
+    staged = into / "repo"
+    shutil.copytree(run / "model", staged)
+    for name in RUN_FILES:
+        shutil.copy2(run / name, staged / name)
+    if (run / "plots").is_dir():
+        shutil.copytree(run / "plots", staged / "plots")
+    (staged / "README.md").write_text(model_card(run, repo_id))
+    return staged
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sft.push", description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", help="the directory of a finished run (holds metrics.json)")
+    parser.add_argument("--repo-id", required=True, help="user/name or org/name on the hub")
+    parser.add_argument("--private", action="store_true", help="create the repository private")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        url = push(args.run_dir, args.repo_id, args.private)
+    except SftError as err:
+        sys.stderr.write(f"error: {err}\n")
+        sys.exit(2)
+    print(url)  # noqa: T201 (the command's answer)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""`python -m sft.predict`: text strings, text files, directories, tables, image and audio files,
+from a run directory, a model directory or (in test_push) a hub id; printed or written as
+CSV / JSON; scores equal the model's own softmax; bad inputs named."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import make_rows, run_cli
+from tests.test_audio import audio_tree, tiny_wav2vec2  # noqa: F401 (fixture)
+from tests.test_image import image_tree, tiny_vit  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.slow
+
+TEXTS = ["the striker scored a late goal", "shares fell after the profit warning"]
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory, tiny_checkpoint):
+    root = tmp_path_factory.mktemp("predict")
+    (root / "corpus").mkdir()
+    pd.DataFrame(make_rows(20, seed=1)).to_csv(root / "corpus" / "train.csv", index=False)
+    run_dir = root / "run"
+    result = run_cli(
+        "recipe=bert_news",
+        f"model.checkpoint={tiny_checkpoint}",
+        f"data.path={root / 'corpus'}",
+        f"output_dir={run_dir}",
+        "trainer.epochs=2",
+        "trainer.progress=false",
+        cwd=root,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def predict(*args, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sft.predict", *map(str, args), "--no-progress"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def test_texts_get_the_models_own_top_labels_and_scores(tmp_path, text_run):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "predictions.json"
+    result = predict(text_run, *TEXTS, "--top-k", "2", "--output", out, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+
+    model = AutoModelForSequenceClassification.from_pretrained(text_run / "model").eval()
+    tokenizer = AutoTokenizer.from_pretrained(text_run / "model")
+    with torch.no_grad():
+        probs = model(**tokenizer(TEXTS, return_tensors="pt", padding=True)).logits.softmax(-1)
+    for row, text, p in zip(rows, TEXTS, probs, strict=True):
+        top = p.topk(2)
+        assert row["input"] == text
+        assert [t["label"] for t in row["top_k"]] == [
+            model.config.id2label[int(i)] for i in top.indices
+        ]
+        assert [t["score"] for t in row["top_k"]] == pytest.approx(top.values.tolist(), abs=1e-5)
+        assert (row["label"], row["score"]) == (row["top_k"][0]["label"], row["top_k"][0]["score"])
+
+
+def test_text_files_directories_and_tables(tmp_path, text_run):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, text in enumerate(TEXTS):
+        (docs / f"{i}.txt").write_text(text)
+    table = tmp_path / "inputs.csv"
+    pd.DataFrame({"body": TEXTS * 3}).to_csv(table, index=False)
+    out = tmp_path / "predictions.csv"
+    args = (text_run / "model", docs, docs / "0.txt", table, "--column", "body", "--output", out)
+    result = predict(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = pd.read_csv(out)
+    assert len(rows) == 2 + 1 + 6
+    assert rows["input"].iloc[0].endswith("0.txt")
+    assert rows["label"].iloc[0] == rows["label"].iloc[2]  # the same file, the same answer
+    assert all(len(json.loads(t)) == 3 for t in rows["top_k"])
+
+
+def test_printed_table_has_a_row_per_input(tmp_path, text_run):
+    result = predict(text_run, *TEXTS, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split()[:3] == ["input", "label", "score"]
+    assert [line[: len(t)] for line, t in zip(lines[1:], TEXTS, strict=True)] == TEXTS
+
+
+def test_a_table_without_the_column_is_named(tmp_path, text_run):
+    table = tmp_path / "inputs.csv"
+    pd.DataFrame({"body": TEXTS}).to_csv(table, index=False)
+    result = predict(text_run, table, cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{table} has no column 'text' (columns: body); name the input column with --column" in (
+        result.stderr
+    )
+
+
+def test_images_from_files_and_directories(tmp_path, tiny_vit):  # noqa: F811
+    images = image_tree(tmp_path / "images", per_class=2)
+    out = tmp_path / "predictions.json"
+    result = predict(tiny_vit, images, "--output", out, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert len(rows) == 6  # every colour mode and format decoded
+    assert {r["label"] for r in rows} <= {"LABEL_0", "LABEL_1"}
+
+
+def test_audio_at_any_rate_from_files(tmp_path, tiny_wav2vec2):  # noqa: F811
+    clips = audio_tree(tmp_path / "audio", per_class=2)
+    files = sorted(clips.rglob("*.*"))
+    out = tmp_path / "predictions.json"
+    result = predict(tiny_wav2vec2, *files, "--output", out, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(json.loads(out.read_text())) == len(files) == 6
+
+
+def test_a_missing_image_file_is_named(tmp_path, tiny_vit):  # noqa: F811
+    result = predict(tiny_vit, tmp_path / "nope.png", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "nope.png does not exist; give image files or directories" in result.stderr
