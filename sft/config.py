@@ -144,6 +144,14 @@ class LoggerConfig:
 
 
 @dataclass
+class HubConfig:
+    """Where `push_to_hub=true` publishes the finished run (see sft/push.py)."""
+
+    repo_id: str | None = None  # user/name or org/name
+    private: bool = False
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -154,6 +162,8 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+    push_to_hub: bool = False  # publish model, card, config, metrics, plots when training ends
     seed: int = 42
     dry_run: bool = False  # build model and data, print the parameter-group table, train nothing
     # auto: continue from the run directory's latest complete checkpoint (a finished run is
@@ -220,6 +230,12 @@ def validate(cfg: Config) -> None:
     ):
         check(value >= 0, key, value, "it must be 0 or more")
     check(o.lr > 0, "optimizer.lr", o.lr, "it must be positive")
+    check(
+        not cfg.push_to_hub or bool(cfg.hub.repo_id),
+        "push_to_hub",
+        cfg.push_to_hub,
+        "it needs hub.repo_id=<user/name> to know where to push",
+    )
     check(0 < o.layer_decay <= 1, "optimizer.layer_decay", o.layer_decay, "it must lie in (0, 1]")
     smoothing = cfg.loss.label_smoothing
     check(0 <= smoothing < 1, "loss.label_smoothing", smoothing, "it must lie in [0, 1)")

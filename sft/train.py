@@ -45,6 +45,14 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     from sft.outputs import RunDir
 
     schema.validate(cfg)
+    if cfg.push_to_hub and not cfg.dry_run:
+        from huggingface_hub import constants
+
+        if constants.is_offline_mode():
+            raise SftError(
+                "push_to_hub=true but HF_HUB_OFFLINE=1 is set: unset it, or push later with "
+                "python -m sft.push <run_dir> --repo-id ..."
+            )
     gradual = cfg.finetune.strategy == "gradual"
     accelerator = Accelerator(
         mixed_precision=_precision(cfg.trainer.precision),
@@ -218,6 +226,16 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         if cfg.finetune.strategy == "lora" and cfg.finetune.merge:
             unwrapped = unwrapped.merge_and_unload()  # a plain transformers model to save
         _write_results(out, unwrapped, inputs.processor, result)
+        if cfg.push_to_hub:
+            from sft.push import push
+
+            try:
+                result["pushed_to"] = push(out.root, cfg.hub.repo_id, cfg.hub.private)
+            except SftError as err:
+                raise SftError(
+                    f"the run finished in {out.root}, but the push failed: {err}. Retry with "
+                    f"python -m sft.push {out.root} --repo-id {cfg.hub.repo_id}"
+                ) from err
     accelerator.wait_for_everyone()
     checkpoints.remove_all()  # the run is complete: model/ and metrics.json replace them
     accelerator.end_training()

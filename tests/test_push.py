@@ -159,3 +159,29 @@ def test_an_unfinished_run_is_not_pushed(tmp_path, hub):
     )
     assert result.returncode == 2
     assert "has no metrics.json: not the directory of a finished sft run" in result.stderr
+
+
+def test_push_to_hub_at_the_end_of_training(tmp_path, hub, tiny_checkpoint, text_corpus):
+    run_dir = tmp_path / "run"
+    env = hub_env(hub, tmp_path, HF_TOKEN=TOKEN)
+    result = subprocess.run(
+        [sys.executable, "-m", "sft.train", "recipe=bert_news",
+         f"model.checkpoint={tiny_checkpoint}", f"data.path={text_corpus}",
+         f"output_dir={run_dir}", "trainer.epochs=1", "trainer.progress=false",
+         "push_to_hub=true", "hub.repo_id=me/trained"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:] + "\n".join(hub.requests)
+    files = hub.repos["me/trained"].files
+    assert files["metrics.json"] == (run_dir / "metrics.json").read_bytes()
+    assert "README.md" in files and "model.safetensors" in files
+    assert TOKEN not in (run_dir / "config.yaml").read_text() + result.stdout + result.stderr
+
+
+def test_push_to_hub_without_a_repo_id_fails_before_training(tmp_path, tiny_checkpoint):
+    result = run_cli(
+        "recipe=bert_news", f"model.checkpoint={tiny_checkpoint}", "push_to_hub=true",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "push_to_hub=True is not allowed: it needs hub.repo_id=<user/name>" in result.stderr

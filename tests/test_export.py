@@ -1,0 +1,71 @@
+"""`python -m sft.export <run> --onnx`: the ONNX model computes PyTorch's logits (checked here
+again, on inputs of a batch size and length the export never saw), for text, image and audio."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_audio import tiny_wav2vec2  # noqa: F401 (fixture)
+from tests.test_image import tiny_vit  # noqa: F401 (fixture)
+from tests.test_predict import text_run  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.slow
+
+
+def export(*args, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sft.export", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def test_text_run_exports_to_onnx_with_pytorchs_logits(tmp_path, text_run):  # noqa: F811
+    import onnxruntime
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    result = export(text_run, "--onnx", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = text_run / "onnx"
+    report = json.loads((out / "export.json").read_text())
+    assert report["max_abs_difference"] <= 1e-4
+    assert {"model.onnx", "config.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+
+    texts = ["one", "a somewhat longer text about markets and goals", "two words", "x y z w"]
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"))
+    names = [i.name for i in session.get_inputs()]
+    onnx_logits = session.run(None, {n: batch[n].numpy() for n in names})[0]
+    model = AutoModelForSequenceClassification.from_pretrained(text_run / "model").eval()
+    with torch.no_grad():
+        torch_logits = model(**batch).logits.numpy()
+    np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_vit", "tiny_wav2vec2"])
+def test_image_and_audio_models_export(tmp_path, request, fixture):
+    model_dir = request.getfixturevalue(fixture)
+    out = tmp_path / "onnx"
+    result = export(model_dir, "--onnx", "--output", out, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "export.json").read_text())
+    assert report["max_abs_difference"] <= 1e-4
+    assert report["inputs"][0] in ("pixel_values", "input_values")
+
+
+def test_a_directory_without_a_model_is_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = export(tmp_path / "empty", "--onnx", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "is neither a run directory" in result.stderr
