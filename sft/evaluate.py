@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sft import config as schema
-from sft.errors import SftError
+from sft.errors import SftError, exit_with
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +162,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SftError("name the data to evaluate on: data.path=<hub id, file or directory>")
         evaluate_model(args.model, overrides, splits[0] if splits else None, args.output_dir)
     except SftError as err:
-        sys.stderr.write(f"error: {err}\n")
-        sys.exit(2)
+        exit_with(err)
 
 
 if __name__ == "__main__":

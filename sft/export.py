@@ -13,14 +13,13 @@ import argparse
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from sft.errors import SftError
+from sft.errors import SftError, exit_with
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         report = export_onnx(args.run_dir, args.output, args.opset)
     except SftError as err:
-        sys.stderr.write(f"error: {err}\n")
-        sys.exit(2)
+        exit_with(err)
     print(json.dumps(report))  # noqa: T201 (the command's answer)
 
 

@@ -14,13 +14,12 @@ import argparse
 import csv
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sft.data.sources import FORMATS, MEDIA
-from sft.errors import SftError
+from sft.errors import SftError, exit_with
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = classify(model, items, args.top_k, args.batch_size, not args.no_progress)
         write(rows, args.output)
     except SftError as err:
-        sys.stderr.write(f"error: {err}\n")
-        sys.exit(2)
+        exit_with(err)
 
 
 if __name__ == "__main__":

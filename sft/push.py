@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 from sft.card import model_card, read_run
-from sft.errors import SftError
+from sft.errors import SftError, exit_with
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         url = push(args.run_dir, args.repo_id, args.private)
     except SftError as err:
-        sys.stderr.write(f"error: {err}\n")
-        sys.exit(2)
+        exit_with(err)
     print(url)  # noqa: T201 (the command's answer)
 
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sft import config as schema
-from sft.errors import Preempted, SftError
+from sft.errors import Preempted, SftError, exit_with
 
 log = logging.getLogger("sft.train")
 schema.register()
@@ -34,8 +34,7 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
 
     Returns the final metrics (test split when there is one, else validation).
     """
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    from accelerate.utils import set_seed
 
     from sft import finetune, loop, trackers
     from sft.checkpoint import Checkpoints, Preemption
@@ -45,29 +44,8 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     from sft.outputs import RunDir
 
     schema.validate(cfg)
-    if cfg.push_to_hub and not cfg.dry_run:
-        from huggingface_hub import constants
-
-        if constants.is_offline_mode():
-            raise SftError(
-                "push_to_hub=true but HF_HUB_OFFLINE=1 is set: unset it, or push later with "
-                "python -m sft.push <run_dir> --repo-id ..."
-            )
     gradual = cfg.finetune.strategy == "gradual"
-    accelerator = Accelerator(
-        mixed_precision=_precision(cfg.trainer.precision),
-        log_with=trackers.log_with(cfg.logger.name),
-        project_dir=str(run_dir),
-        gradient_accumulation_steps=cfg.trainer.grad_accum_steps,
-        # Some parameters get no gradient in a step: blocks frozen for a while (gradual),
-        # layers skipped by LayerDrop (wav2vec2, HuBERT). DDP must expect that, as HF Trainer
-        # does unless gradient checkpointing is on.
-        kwargs_handlers=[
-            DistributedDataParallelKwargs(
-                find_unused_parameters=gradual or not cfg.trainer.gradient_checkpointing
-            )
-        ],
-    )
+    accelerator = _accelerator(cfg, run_dir)
     if not accelerator.is_main_process:
         logging.getLogger("sft").setLevel(logging.WARNING)  # one voice: rank zero's
     set_seed(cfg.seed)
@@ -227,19 +205,55 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
             unwrapped = unwrapped.merge_and_unload()  # a plain transformers model to save
         _write_results(out, unwrapped, inputs.processor, result)
         if cfg.push_to_hub:
-            from sft.push import push
-
-            try:
-                result["pushed_to"] = push(out.root, cfg.hub.repo_id, cfg.hub.private)
-            except SftError as err:
-                raise SftError(
-                    f"the run finished in {out.root}, but the push failed: {err}. Retry with "
-                    f"python -m sft.push {out.root} --repo-id {cfg.hub.repo_id}"
-                ) from err
+            result["pushed_to"] = _push(out, cfg)
     accelerator.wait_for_everyone()
     checkpoints.remove_all()  # the run is complete: model/ and metrics.json replace them
     accelerator.end_training()
     return result
+
+
+def _accelerator(cfg: schema.Config, run_dir: str | Path):
+    """Accelerate's engine for this run: precision, accumulation, tracker, DDP settings."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    from sft import trackers
+
+    if cfg.push_to_hub and not cfg.dry_run:
+        from huggingface_hub import constants
+
+        if constants.is_offline_mode():  # fail now, not after training
+            raise SftError(
+                "push_to_hub=true but HF_HUB_OFFLINE=1 is set: unset it, or push later with "
+                "python -m sft.push <run_dir> --repo-id ..."
+            )
+    gradual = cfg.finetune.strategy == "gradual"
+    return Accelerator(
+        mixed_precision=_precision(cfg.trainer.precision),
+        log_with=trackers.log_with(cfg.logger.name),
+        project_dir=str(run_dir),  # trackers write there
+        gradient_accumulation_steps=cfg.trainer.grad_accum_steps,
+        # Some parameters get no gradient in a step: blocks frozen for a while (gradual),
+        # layers skipped by LayerDrop (wav2vec2, HuBERT). DDP must expect that, as HF Trainer
+        # does unless gradient checkpointing is on.
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(
+                find_unused_parameters=gradual or not cfg.trainer.gradient_checkpointing
+            )
+        ],
+    )
+
+
+def _push(out, cfg: schema.Config) -> str:
+    from sft.push import push
+
+    try:
+        return push(out.root, cfg.hub.repo_id, cfg.hub.private)
+    except SftError as err:
+        raise SftError(
+            f"the run finished in {out.root}, but the push failed: {err}. Retry with "
+            f"python -m sft.push {out.root} --repo-id {cfg.hub.repo_id}"
+        ) from err
 
 
 def _resume_point(resume: str, checkpoints) -> Path | None:
@@ -538,8 +552,7 @@ def main(cfg: DictConfig) -> float | None:
         result = train(to_config(cfg), cfg.output_dir)
     except SftError as err:
         log.debug("input error", exc_info=True)
-        sys.stderr.write(f"error: {err}\n")
-        sys.exit(2)
+        exit_with(err)
     except Preempted as stop:
         sys.stderr.write(f"{stop}\n")
         sys.exit(0)  # a clean stop: the checkpoint is complete

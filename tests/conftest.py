@@ -147,3 +147,41 @@ def models(tmp_path_factory, tiny_checkpoint):
         return load_classifier(path, ["a", "b", "c"], task, **kwargs)
 
     return load
+
+
+# Tiny settings: the 2-layer model learns the keyword corpus in ~80 steps of milliseconds each.
+FAST = [
+    "trainer.epochs=10",
+    "trainer.batch_size=16",
+    "trainer.log_every=2",
+    "optimizer.lr=5e-3",
+    "data.max_length=32",
+    "trainer.progress=false",
+]
+
+
+@pytest.fixture(scope="session")
+def trained_text_run(tmp_path_factory, tiny_checkpoint):
+    """A finished run of the tiny BERT on the keyword corpus (train.csv, test.csv): (run
+    directory, corpus). Shared: tests that write into the run directory copy it first."""
+    base = tmp_path_factory.mktemp("cli")
+    corpus = base / "corpus"
+    corpus.mkdir()
+    pd.DataFrame(make_rows(40, seed=1)).to_csv(corpus / "train.csv", index=False)
+    pd.DataFrame(make_rows(10, seed=2)).to_csv(corpus / "test.csv", index=False)
+    return run_tiny_text(base, tiny_checkpoint, corpus, *FAST)[1], corpus
+
+
+def run_tiny_text(tmp_path, checkpoint, corpus, *overrides: str):
+    """The CLI on the tiny BERT and text corpus with `overrides`; asserts it succeeded."""
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "recipe=bert_news",
+        f"model.checkpoint={checkpoint}",
+        f"data.path={corpus}",
+        f"output_dir={run_dir}",
+        *overrides,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, run_dir

@@ -5,29 +5,27 @@ missing splits and missing data named."""
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import subprocess
-import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import make_rows
-from tests.test_predict import text_run  # noqa: F401 (fixture)
+from tests.conftest import make_rows, run_cli
 
 pytestmark = pytest.mark.slow
 
 
 def evaluate(*args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sft.evaluate", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
+    return run_cli(*map(str, args), cwd=cwd, module="sft.evaluate")
+
+
+@pytest.fixture
+def text_run(tmp_path, trained_text_run):
+    """A copy of the shared finished run: this command writes into the run directory."""
+    return Path(shutil.copytree(trained_text_run[0], tmp_path / "run"))
 
 
 @pytest.fixture
@@ -41,7 +39,7 @@ def other_data(tmp_path):
     return root, rows
 
 
-def test_metrics_match_the_models_predictions(tmp_path, text_run, other_data):  # noqa: F811
+def test_metrics_match_the_models_predictions(tmp_path, text_run, other_data):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     root, rows = other_data
@@ -62,7 +60,7 @@ def test_metrics_match_the_models_predictions(tmp_path, text_run, other_data):  
     assert report["labels"] == [model.config.id2label[i] for i in range(len(report["labels"]))]
 
 
-def test_a_model_directory_and_a_named_split(tmp_path, text_run, other_data):  # noqa: F811
+def test_a_model_directory_and_a_named_split(tmp_path, text_run, other_data):
     root, _ = other_data
     out = tmp_path / "eval"
     args = (f"data.path={root}", "data.label_column=topic", "train", "--output-dir", out)
@@ -71,7 +69,7 @@ def test_a_model_directory_and_a_named_split(tmp_path, text_run, other_data):  #
     assert json.loads((out / "metrics.json").read_text())["num_examples"] == 3
 
 
-def test_labels_the_model_does_not_know_are_named(tmp_path, text_run, other_data):  # noqa: F811
+def test_labels_the_model_does_not_know_are_named(tmp_path, text_run, other_data):
     root, rows = other_data
     rows.loc[0, "topic"] = "weather"
     rows.to_csv(root / "test.csv", index=False)
@@ -82,7 +80,7 @@ def test_labels_the_model_does_not_know_are_named(tmp_path, text_run, other_data
     assert "the model's labels are" in last
 
 
-def test_a_missing_split_or_data_path_is_named(tmp_path, text_run, other_data):  # noqa: F811
+def test_a_missing_split_or_data_path_is_named(tmp_path, text_run, other_data):
     root, _ = other_data
     missing = evaluate(
         text_run, f"data.path={root}", "data.label_column=topic", "dev", cwd=tmp_path

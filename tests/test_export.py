@@ -4,33 +4,32 @@ again, on inputs of a batch size and length the export never saw), for text, ima
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import subprocess
-import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import run_cli
 from tests.test_audio import tiny_wav2vec2  # noqa: F401 (fixture)
 from tests.test_image import tiny_vit  # noqa: F401 (fixture)
-from tests.test_predict import text_run  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 
 
 def export(*args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sft.export", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
+    return run_cli(*map(str, args), cwd=cwd, module="sft.export")
 
 
-def test_text_run_exports_to_onnx_with_pytorchs_logits(tmp_path, text_run):  # noqa: F811
+@pytest.fixture
+def text_run(tmp_path, trained_text_run):
+    """A copy of the shared finished run: this command writes into the run directory."""
+    return Path(shutil.copytree(trained_text_run[0], tmp_path / "run"))
+
+
+def test_text_run_exports_to_onnx_with_pytorchs_logits(tmp_path, text_run):
     import onnxruntime
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

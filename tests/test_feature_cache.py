@@ -16,8 +16,8 @@ from sft import finetune
 from sft.data.splits import Splits
 from sft.feature_cache import INDEX, FeatureCache
 from sft.loop import logits_of, train_mode
-from tests.conftest import KINDS
-from tests.test_finetune import run_tiny_text, trainable
+from tests.conftest import KINDS, run_tiny_text
+from tests.test_finetune import trainable
 
 
 def synthetic(kind: str, n: int, offset: int = 0) -> datasets.Dataset:

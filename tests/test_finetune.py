@@ -12,22 +12,7 @@ import torch
 from sft import finetune
 from sft.errors import SftError
 from sft.loss import class_weights, cross_entropy
-from tests.conftest import KINDS, run_cli
-
-
-def run_tiny_text(tmp_path, checkpoint, corpus, *overrides: str):
-    """The CLI on the tiny BERT and text corpus with `overrides`; asserts it succeeded."""
-    run_dir = tmp_path / "run"
-    result = run_cli(
-        "recipe=bert_news",
-        f"model.checkpoint={checkpoint}",
-        f"data.path={corpus}",
-        f"output_dir={run_dir}",
-        *overrides,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result, run_dir
+from tests.conftest import KINDS, run_tiny_text
 
 
 def trainable(model) -> set[str]:

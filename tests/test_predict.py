@@ -5,15 +5,13 @@ CSV / JSON; scores equal the model's own softmax; bad inputs named."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import make_rows, run_cli
+from tests.conftest import run_cli
 from tests.test_audio import audio_tree, tiny_wav2vec2  # noqa: F401 (fixture)
 from tests.test_image import image_tree, tiny_vit  # noqa: F401 (fixture)
 
@@ -22,34 +20,13 @@ pytestmark = pytest.mark.slow
 TEXTS = ["the striker scored a late goal", "shares fell after the profit warning"]
 
 
-@pytest.fixture(scope="module")
-def text_run(tmp_path_factory, tiny_checkpoint):
-    root = tmp_path_factory.mktemp("predict")
-    (root / "corpus").mkdir()
-    pd.DataFrame(make_rows(20, seed=1)).to_csv(root / "corpus" / "train.csv", index=False)
-    run_dir = root / "run"
-    result = run_cli(
-        "recipe=bert_news",
-        f"model.checkpoint={tiny_checkpoint}",
-        f"data.path={root / 'corpus'}",
-        f"output_dir={run_dir}",
-        "trainer.epochs=2",
-        "trainer.progress=false",
-        cwd=root,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+@pytest.fixture
+def text_run(trained_text_run):
+    return trained_text_run[0]  # read only here
 
 
 def predict(*args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sft.predict", *map(str, args), "--no-progress"],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
+    return run_cli(*map(str, args), "--no-progress", cwd=cwd, module="sft.predict")
 
 
 def test_texts_get_the_models_own_top_labels_and_scores(tmp_path, text_run):

@@ -22,29 +22,9 @@ TOKEN = "hf_test_secret_token_123"
 TEXTS = ["the striker scored a late goal", "shares fell after the profit warning", "a new phone"]
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_checkpoint):
-    import pandas as pd
-
-    from tests.conftest import make_rows
-
-    root = tmp_path_factory.mktemp("push")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    pd.DataFrame(make_rows(20, seed=1)).to_csv(corpus / "train.csv", index=False)
-    pd.DataFrame(make_rows(5, seed=2)).to_csv(corpus / "test.csv", index=False)
-    run_dir = root / "run"
-    result = run_cli(
-        "recipe=bert_news",
-        f"model.checkpoint={tiny_checkpoint}",
-        f"data.path={corpus}",
-        f"output_dir={run_dir}",
-        "trainer.epochs=2",
-        "trainer.progress=false",
-        cwd=root,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+@pytest.fixture
+def finished_run(trained_text_run):
+    return trained_text_run[0]  # pushing reads the run directory only
 
 
 @pytest.fixture
@@ -104,6 +84,16 @@ def test_push_then_load_by_repo_id_gives_identical_predictions(tmp_path, hub, fi
         for a, b in zip(hub_scores, local_scores, strict=True):
             assert a["score"] == pytest.approx(b["score"], abs=1e-6)
     assert any(r.startswith("GET /me/tiny-news/resolve/") for r in hub.requests)
+
+    # sft.predict takes the hub id as well, and answers as the local model does.
+    predicted = subprocess.run(
+        [sys.executable, "-m", "sft.predict", "me/tiny-news", *TEXTS, "--top-k", "1",
+         "--output", str(tmp_path / "hub.json"), "--no-progress"],
+        env=hub_env(hub, tmp_path, HF_TOKEN=TOKEN), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    rows = json.loads((tmp_path / "hub.json").read_text())
+    assert [r["label"] for r in rows] == [scores[0]["label"] for scores in local]
 
     # The token went to the server only: not into logs, the run directory or the repository.
     assert TOKEN not in result.stdout + result.stderr

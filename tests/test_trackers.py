@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from tests.test_finetune import run_tiny_text
+from tests.conftest import run_tiny_text
 
 pytestmark = pytest.mark.slow
 

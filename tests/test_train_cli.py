@@ -10,46 +10,11 @@ import yaml
 
 from tests.conftest import CLASS_WORDS, run_cli
 
-# Tiny settings: the 2-layer model learns the keyword corpus in ~80 steps of milliseconds each.
-FAST = [
-    "trainer.epochs=10",
-    "trainer.batch_size=16",
-    "trainer.log_every=2",
-    "optimizer.lr=5e-3",
-    "data.max_length=32",
-    "trainer.progress=false",
-]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_checkpoint):
-    import pandas as pd
-
-    from tests.conftest import make_rows
-
-    base = tmp_path_factory.mktemp("cli")
-    corpus = base / "corpus"
-    corpus.mkdir()
-    pd.DataFrame(make_rows(40, seed=1)).to_csv(corpus / "train.csv", index=False)
-    pd.DataFrame(make_rows(10, seed=2)).to_csv(corpus / "test.csv", index=False)
-    run_dir = base / "run"
-    result = run_cli(
-        "recipe=bert_news",
-        f"model.checkpoint={tiny_checkpoint}",
-        f"data.path={corpus}",
-        f"output_dir={run_dir}",
-        *FAST,
-        cwd=base,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return run_dir, corpus
-
-
 pytestmark = pytest.mark.slow
 
 
-def test_model_dir_is_hugging_face_format_with_labels(trained):
-    run_dir, _ = trained
+def test_model_dir_is_hugging_face_format_with_labels(trained_text_run):
+    run_dir, _ = trained_text_run
     model_dir = run_dir / "model"
     assert (model_dir / "model.safetensors").is_file()
     assert (model_dir / "tokenizer.json").is_file()
@@ -59,8 +24,8 @@ def test_model_dir_is_hugging_face_format_with_labels(trained):
     assert not (run_dir / "model.partial").exists()
 
 
-def test_metrics_json_reports_the_test_split(trained):
-    run_dir, _ = trained
+def test_metrics_json_reports_the_test_split(trained_text_run):
+    run_dir, _ = trained_text_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["split"] == "test"
     assert metrics["num_examples"] == 30
@@ -70,11 +35,11 @@ def test_metrics_json_reports_the_test_split(trained):
     assert metrics["accuracy"] >= 0.8, "the tiny model should learn the keyword corpus"
 
 
-def test_pipeline_loads_the_model_and_matches_reported_accuracy(trained):
+def test_pipeline_loads_the_model_and_matches_reported_accuracy(trained_text_run):
     import pandas as pd
     from transformers import pipeline
 
-    run_dir, corpus = trained
+    run_dir, corpus = trained_text_run
     classify = pipeline("text-classification", model=str(run_dir / "model"), device="cpu")
     test = pd.read_csv(corpus / "test.csv")
     predicted = [p["label"] for p in classify(test["text"].tolist())]
@@ -83,8 +48,8 @@ def test_pipeline_loads_the_model_and_matches_reported_accuracy(trained):
     assert accuracy == pytest.approx(metrics["accuracy"])
 
 
-def test_history_has_train_and_eval_rows(trained):
-    run_dir, _ = trained
+def test_history_has_train_and_eval_rows(trained_text_run):
+    run_dir, _ = trained_text_run
     rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["kind"] == "train"]
     evals = [r for r in rows if r["kind"] == "eval"]
@@ -96,15 +61,15 @@ def test_history_has_train_and_eval_rows(trained):
     assert train[-1]["loss"] < train[0]["loss"]
 
 
-def test_plots_are_png_files(trained):
-    run_dir, _ = trained
+def test_plots_are_png_files(trained_text_run):
+    run_dir, _ = trained_text_run
     for name in ("loss.png", "accuracy.png", "confusion_matrix.png"):
         data = (run_dir / "plots" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
-def test_config_yaml_is_resolved(trained, tiny_checkpoint):
-    run_dir, corpus = trained
+def test_config_yaml_is_resolved(trained_text_run, tiny_checkpoint):
+    run_dir, corpus = trained_text_run
     text = (run_dir / "config.yaml").read_text()
     assert "${" not in text
     saved = yaml.safe_load(text)
