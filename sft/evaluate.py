@@ -35,8 +35,7 @@ def evaluate_model(
     from sft import loop, metrics, plots
     from sft.data import load_raw
     from sft.data.splits import Splits
-    from sft.model import AUTO_CLASSES
-    from sft.predict import resolve
+    from sft.model import AUTO_CLASSES, resolve
     from sft.train import make_inputs
 
     model_ref = resolve(source)
@@ -95,12 +94,14 @@ def _config(source: str, model_dir: str, task: str, overrides: list[str]) -> sch
     run_config = Path(source) / "config.yaml"
     base = OmegaConf.structured(schema.Config)
     layers = [OmegaConf.load(run_config)] if run_config.is_file() else [{"task": task}]
+    from sft.train import to_config
+
+    fixed = {"model": {"checkpoint": model_dir}, "output_dir": ""}  # nothing is trained
     try:
-        fixed = {"model": {"checkpoint": model_dir}, "output_dir": ""}  # nothing is trained
         merged = OmegaConf.merge(base, *layers, OmegaConf.from_dotlist(overrides), fixed)
-        return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise SftError(f"{str(err).splitlines()[0]}; check the key=value arguments") from err
+    return to_config(merged)
 
 
 def _choose_split(raw, split: str | None, source: str) -> str:

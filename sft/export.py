@@ -34,12 +34,12 @@ def export_onnx(source: str, output: Path | None = None, opset: int = 18) -> dic
         raise SftError(
             "ONNX export needs onnx, onnxscript and onnxruntime: pip install -e .[export]"
         ) from err
-    from sft.model import AUTO_CLASSES
-    from sft.predict import resolve
+    from sft.data.inputs import processor_for
+    from sft.model import AUTO_CLASSES, resolve
 
     found = resolve(source)
     model = AUTO_CLASSES[found.task].from_pretrained(found.ref).eval()
-    processor = _processor(found)
+    processor = processor_for(found.task, found.ref)
     trace, check = (_sample(found.modality, processor, n) for n in (2, 3))
     names = list(trace)
     out = output or (Path(source) / "onnx" if Path(source, "model").is_dir() else Path("onnx"))
@@ -93,20 +93,6 @@ class _Logits(torch.nn.Module):
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         return self.model(**dict(zip(self.names, tensors, strict=True))).logits
-
-
-def _processor(found):
-    if found.modality == "text":
-        from sft.data.text import load_tokenizer
-
-        return load_tokenizer(found.ref)
-    if found.modality == "image":
-        from sft.data.image import load_image_processor
-
-        return load_image_processor(found.ref)
-    from sft.data.audio import load_feature_extractor
-
-    return load_feature_extractor(found.ref)
 
 
 def _sample(modality: str, processor, n: int) -> dict[str, torch.Tensor]:

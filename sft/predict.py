@@ -14,67 +14,16 @@ import argparse
 import csv
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sft.data.sources import FORMATS, MEDIA
 from sft.errors import SftError, exit_with
+from sft.model import TrainedModel, resolve
 
 log = logging.getLogger(__name__)
 
 DEFAULT_COLUMNS = {"text": "text", "image": "image", "audio": "audio"}
-
-
-@dataclass
-class Model:
-    ref: str  # a local directory or a hub id
-    task: str  # text-classification | image-classification | audio-classification
-    column: str | None = None  # the input column of the run that trained it
-
-    @property
-    def modality(self) -> str:
-        return self.task.split("-")[0]
-
-
-def resolve(source: str) -> Model:
-    """The model behind a run directory, a model directory or a hub id, and its task."""
-    path = Path(source)
-    if (path / "model").is_dir() and (path / "config.yaml").is_file():
-        from omegaconf import OmegaConf
-
-        config = OmegaConf.load(path / "config.yaml")
-        modality = config.task.split("-")[0]
-        column = OmegaConf.select(config, f"data.{modality}_column", default=None)
-        return Model(str(path / "model"), config.task, column)
-    if path.exists() and not (path / "config.json").is_file():
-        raise SftError(
-            f"{source} is neither a run directory (with model/ and config.yaml) nor a model "
-            f"directory (with config.json)"
-        )
-    return Model(str(path) if path.exists() else source, detect_task(source))
-
-
-def detect_task(ref: str) -> str:
-    """The pipeline task of a checkpoint, from its model type."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES,
-        MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
-    )
-
-    try:
-        config = AutoConfig.from_pretrained(ref)
-    except Exception as err:
-        raise SftError(
-            f"cannot load a model config from '{ref}' ({type(err).__name__}); pass a run "
-            f"directory, a model directory or a hub id"
-        ) from err
-    if config.model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
-        return "image-classification"
-    if config.model_type in MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES:
-        return "audio-classification"
-    return "text-classification"
 
 
 def collect(inputs: list[str], modality: str, column: str) -> list[tuple[str, str]]:
@@ -136,7 +85,7 @@ def _table_items(path: Path, modality: str, column: str) -> list[tuple[str, str]
 
 
 def classify(
-    model: Model, items: list[tuple[str, str]], top_k: int, batch_size: int, progress: bool
+    model: TrainedModel, items: list[tuple[str, str]], top_k: int, batch_size: int, progress: bool
 ) -> list[dict[str, Any]]:
     """One row per item: input, label, score, top_k [{label, score}, ...]."""
     from tqdm.auto import tqdm
@@ -159,16 +108,16 @@ def classify(
     return rows
 
 
-def _processor(model: Model) -> dict[str, Any]:
-    """The processor sft trains with (PIL image backend; no torchvision beside CPU torch)."""
+def _processor(model: TrainedModel) -> dict[str, Any]:
+    """The image processor sft trains with (PIL backend: no torchvision beside CPU torch)."""
     if model.modality == "image":
-        from sft.data.image import load_image_processor
+        from sft.data.inputs import processor_for
 
-        return {"image_processor": load_image_processor(model.ref)}
+        return {"image_processor": processor_for(model.task, model.ref)}
     return {}
 
 
-def _reader(model: Model, classifier):
+def _reader(model: TrainedModel, classifier):
     """Turns an item's value into what the pipeline takes: text as is, images as PIL images
     in the model's colour mode, audio as samples at the model's rate (decoded here, because the
     pipeline resamples only through torchaudio)."""

@@ -52,3 +52,19 @@ def load_processor(auto_class, checkpoint: str, revision: str | None, what: str,
             f"model.checkpoint '{checkpoint}' has no loadable {what} ({type(err).__name__}: "
             f"{detail}); point it at a hub id or a directory with {file}"
         ) from err
+
+
+def processor_for(task: str, checkpoint: str, revision: str | None = None):
+    """The tokenizer, image processor or feature extractor of `checkpoint`, by `task`, loaded as
+    training loads it."""
+    if task == "image-classification":
+        from sft.data.image import load_image_processor
+
+        return load_image_processor(checkpoint, revision)
+    if task == "audio-classification":
+        from sft.data.audio import load_feature_extractor
+
+        return load_feature_extractor(checkpoint, revision)
+    from sft.data.text import load_tokenizer
+
+    return load_tokenizer(checkpoint, revision)
