@@ -11,7 +11,8 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from sft.errors import SftError
+from sft import modalities
+from sft.run_dir import RunDir
 
 HYPERPARAMETERS = (
     "model.checkpoint",
@@ -40,18 +41,6 @@ HYPERPARAMETERS = (
 )
 
 
-def read_run(run_dir: str | Path) -> tuple[Any, dict]:
-    """The run's resolved config and final metrics; SftError if the run did not finish."""
-    run = Path(run_dir)
-    for name in ("config.yaml", "metrics.json"):
-        if not (run / name).is_file():
-            raise SftError(
-                f"{run} has no {name}: not the directory of a finished sft run (finished runs "
-                f"hold config.yaml, metrics.json and model/)"
-            )
-    return OmegaConf.load(run / "config.yaml"), json.loads((run / "metrics.json").read_text())
-
-
 def is_hub_id(value: str | None) -> bool:
     """Looks like `name` or `owner/name` on a hub, not a path on this machine."""
     if not value or Path(value).exists() or value.startswith((".", "/", "~")):
@@ -64,9 +53,9 @@ def shown(value: str) -> str:
     return value if is_hub_id(value) else "/".join(Path(value).parts[-2:])
 
 
-def model_card(run_dir: str | Path, repo_id: str) -> str:
-    """README.md for `repo_id` from the finished run in `run_dir`."""
-    config, metrics = read_run(run_dir)
+def model_card(run: RunDir, repo_id: str) -> str:
+    """README.md for `repo_id` from the finished run in `run`."""
+    config, metrics = run.read_finished()
     task = config.task
     base, data = shown(config.model.checkpoint), shown(config.data.path)
     split = metrics["split"]
@@ -118,7 +107,7 @@ def model_card(run_dir: str | Path, repo_id: str) -> str:
         f"{len(metrics['labels'])} labels: {', '.join(metrics['labels'])}.\n",
         _results(metrics),
         _per_class(metrics),
-        _plots(Path(run_dir)),
+        _plots(run),
         _hyperparameters(config, metrics),
         _usage(repo_id, task),
     ]
@@ -163,7 +152,7 @@ def _per_class(metrics: dict) -> str:
     )
 
 
-def _plots(run: Path) -> str:
+def _plots(run: RunDir) -> str:
     images = [
         (name, title)
         for name, title in (
@@ -171,7 +160,7 @@ def _plots(run: Path) -> str:
             ("accuracy.png", "Validation accuracy and macro-F1"),
             ("confusion_matrix.png", "Confusion matrix"),
         )
-        if (run / "plots" / name).is_file()
+        if (run.plots / name).is_file()
     ]
     if not images:
         return ""
@@ -198,17 +187,12 @@ def _hyperparameters(config, metrics: dict) -> str:
 
 
 def _usage(repo_id: str, task: str) -> str:
-    example = {
-        "text-classification": '"Shares rose 5% after record quarterly profits."',
-        "image-classification": '"photo.jpg"',
-        "audio-classification": '"clip.wav"',
-    }.get(task, '"input"')
     return (
         "## How to use\n\n"
         "```python\n"
         "from transformers import pipeline\n\n"
         f'classify = pipeline("{task}", model="{repo_id}")\n'
-        f"classify({example})\n"
+        f"classify({modalities.get(task).usage_example})\n"
         "```\n\n"
         "The run's resolved config is `config.yaml` and its metrics `metrics.json`, beside the "
         "model.\n"

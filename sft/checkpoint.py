@@ -24,7 +24,7 @@ import torch
 from accelerate import Accelerator
 
 from sft.errors import SftError
-from sft.loop import Best, Evaluation, Progress
+from sft.state import Progress
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,9 @@ _NAME = re.compile(r"step-(\d+)$")
 
 
 class Checkpoints:
-    def __init__(self, accelerator: Accelerator, run_dir: Path, keep: int):
+    def __init__(self, accelerator: Accelerator, root: Path, keep: int):
         self.accelerator = accelerator
-        self.root = Path(run_dir) / "checkpoints"
+        self.root = Path(root)  # RunDir.checkpoints
         self.keep = keep
 
     def save(self, p: Progress, history_rows: int) -> Path:
@@ -50,7 +50,7 @@ class Checkpoints:
         acc.save_state(str(partial))
         acc.wait_for_everyone()  # every process's RNG file is in place
         if acc.is_main_process:
-            torch.save(_progress_state(p, history_rows), partial / PROGRESS)
+            torch.save({**p.state_dict(), "history_rows": history_rows}, partial / PROGRESS)
             files = {
                 str(f.relative_to(partial)): f.stat().st_size
                 for f in sorted(partial.rglob("*"))
@@ -85,6 +85,22 @@ class Checkpoints:
         complete = self.complete()
         return complete[-1] if complete else None
 
+    def resume_point(self, resume: str) -> Path | None:
+        """The checkpoint to continue from: `resume=auto` takes the latest complete one, `never`
+        deletes them all, anything else names a checkpoint directory."""
+        if resume == "never":
+            self.remove_all()
+            return None
+        if resume == "auto":
+            return self.latest()
+        path = Path(resume)
+        if not path.is_dir():
+            raise SftError(
+                f"resume={resume}: no such checkpoint directory; use auto, never, or a "
+                f"<run>/checkpoints/step-N directory"
+            )
+        return path
+
     def load(self, directory: Path, metric: str) -> tuple[Progress, int]:
         """Restore model, optimizer, scheduler and RNGs from `directory`; returns the loop's
         progress there and how many history rows the run had written by then."""
@@ -93,7 +109,8 @@ class Checkpoints:
             raise SftError(f"resume={directory}: not a complete checkpoint ({problem})")
         self.accelerator.load_state(str(directory))
         state = torch.load(directory / PROGRESS, weights_only=False)  # our own file
-        return _progress_from(state, metric, self.accelerator.device), state["history_rows"]
+        progress = Progress.from_state_dict(state, metric, self.accelerator.device)
+        return progress, state["history_rows"]
 
     def remove_all(self) -> None:
         if self.accelerator.is_main_process:
@@ -114,49 +131,6 @@ def incomplete(directory: Path) -> str | None:
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, not {size}"
     return None
-
-
-def _progress_state(p: Progress, history_rows: int) -> dict:
-    best = p.best
-    return {
-        "step": p.step,
-        "epoch": p.epoch,
-        "batches": p.batches,
-        "seen": p.seen,
-        "running_loss": [float(x) for x in p.running_loss],
-        "seconds": p.seconds,
-        "eval_seconds": p.eval_seconds,
-        "history_rows": history_rows,
-        "best": {
-            "score": best.score,
-            "step": best.step,
-            "evals_since": best.evals_since,
-            "state": best.state,
-            "evaluation": vars(best.evaluation) if best.evaluation is not None else None,
-        },
-    }
-
-
-def _progress_from(state: dict, metric: str, device: torch.device) -> Progress:
-    b = state["best"]
-    best = Best(
-        metric,
-        score=tuple(b["score"]),
-        step=b["step"],
-        state=b["state"],
-        evaluation=Evaluation(**b["evaluation"]) if b["evaluation"] is not None else None,
-        evals_since=b["evals_since"],
-    )
-    return Progress(
-        best=best,
-        step=state["step"],
-        epoch=state["epoch"],
-        batches=state["batches"],
-        seen=state["seen"],
-        running_loss=[torch.tensor(x, device=device) for x in state["running_loss"]],
-        seconds=state["seconds"],
-        eval_seconds=state["eval_seconds"],
-    )
 
 
 class Preemption:

@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sft.errors import SftError
 
 
 @dataclass
@@ -73,7 +76,7 @@ class FinetuneConfig:
     strategy: str = "full"  # full | head_only | top_k | pattern | gradual | lora
     k: int = 2  # top_k: how many of the top blocks train (with the head)
     every: int = 1  # gradual: epochs between unfreezing one more block from the top
-    train: list[str] = field(default_factory=list)  # pattern: regexes of parameters to train
+    train: list[str] = field(default_factory=list)  # pattern: regexes to train (empty: all)
     freeze: list[str] = field(default_factory=list)  # pattern: regexes of parameters to freeze
     # lora (peft): adapters of rank r on the blocks' `target_modules` (None = per architecture)
     r: int = 8
@@ -119,10 +122,12 @@ class TrainerConfig:
     eval_batch_size: int = 64
     grad_accum_steps: int = 1  # the optimizer steps every N batches
     max_grad_norm: float = 1.0  # clip gradients at this norm, or disable with 0
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto = fp32 on CPU, bf16/fp16 on GPU
+    # auto | fp32 | bf16 | fp16; auto = fp32 on CPU (bf16 is hundreds of times slower there),
+    # bf16/fp16 on GPU
+    precision: str = "auto"
     eval_every: int | None = None  # evaluate every N optimizer steps; None = each epoch end
     log_every: int = 10  # optimizer steps between history records
-    metric: str = "f1"  # validation metric that picks the best model: f1 | accuracy | loss
+    metric: str = "f1"  # validation metric that picks the best model: f1 (macro) | accuracy | loss
     early_stopping_patience: int = 0  # stop after N evals without improvement; 0 = never
     progress: bool = True  # show a progress bar
     # Recompute activations in backward (less memory, ~30% more compute). Non-reentrant, so
@@ -189,13 +194,15 @@ PRECISIONS = {"auto", "fp32", "bf16", "fp16"}
 
 def validate(cfg: Config) -> None:
     """Values the types allow but the run cannot use: fail before anything loads."""
-    from sft.errors import SftError
 
     def check(ok: bool, key: str, value: Any, want: str) -> None:
         if not ok:
             raise SftError(f"{key}={value} is not allowed: {want}")
 
+    from sft.modalities import TASKS
+
     t, d, o = cfg.trainer, cfg.data, cfg.optimizer
+    check(cfg.task in TASKS, "task", cfg.task, f"use one of {', '.join(TASKS)}")
     check(t.metric in METRICS, "trainer.metric", t.metric, f"use one of {sorted(METRICS)}")
     check(
         t.precision in PRECISIONS,
@@ -246,6 +253,30 @@ def validate(cfg: Config) -> None:
         weights,
         "use none, auto, or a list with one weight per label",
     )
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """The composed DictConfig as typed dataclasses, with every interpolation resolved."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        cause = err.__cause__ if isinstance(err.__cause__, ValueError) else None
+        message = str(cause) if cause else str(err).splitlines()[0]
+        key = getattr(err, "full_key", None)
+        raise SftError(f"config key '{key}': {message}" if key else message) from err
+
+
+def with_overrides(base: Path | dict[str, Any], overrides: list[str], fixed: dict) -> Config:
+    """A run's config.yaml (or a plain dict of settings) with `key=value` overrides and then
+    `fixed` on top, checked against the schema."""
+    layer = OmegaConf.load(base) if isinstance(base, Path) else OmegaConf.create(base)
+    try:
+        merged = OmegaConf.merge(
+            OmegaConf.structured(Config), layer, OmegaConf.from_dotlist(overrides), fixed
+        )
+    except OmegaConfBaseException as err:
+        raise SftError(f"{str(err).splitlines()[0]}; check the key=value arguments") from err
+    return to_config(merged)
 
 
 def package_path(package: str, subpath: str = "") -> str:

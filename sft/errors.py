@@ -1,7 +1,22 @@
-"""Exceptions the entry points turn into a one-line message instead of a traceback."""
+"""What counts as the user's mistake, and how it is said: a one-line `SftError` with the fix.
 
-import sys
-from typing import NoReturn
+Only expected failures become an SftError (a missing file, a bad format, an unknown key);
+anything else is a bug of sft's or a library's and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from safetensors import SafetensorError
+
+T = TypeVar("T")
+
+# What `from_pretrained` raises for a checkpoint that is missing, unreachable or corrupt: OSError
+# (no such file or hub repo, invalid JSON), ValueError (unknown model type, no usable
+# tokenizer), KeyError (a tokenizer.json missing its keys), SafetensorError (broken weights).
+CHECKPOINT_ERRORS = (OSError, ValueError, KeyError, SafetensorError)
 
 
 class SftError(Exception):
@@ -15,7 +30,15 @@ class Preempted(Exception):
     """Training stopped on SIGTERM after writing a checkpoint; the message says how to resume."""
 
 
-def exit_with(err: SftError) -> NoReturn:
-    """How every command ends on bad input: `error: <message>` on stderr, status 2."""
-    sys.stderr.write(f"error: {err}\n")
-    sys.exit(2)
+def first_line(err: BaseException) -> str:
+    """`Type: first line of the message`, for quoting a library's error inside ours."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def from_checkpoint(load: Callable[[], T], problem: str, fix: str) -> T:
+    """`load()` (a `from_pretrained` call), or an SftError "<problem> (<cause>); <fix>"."""
+    try:
+        return load()
+    except CHECKPOINT_ERRORS as err:
+        raise SftError(f"{problem} ({first_line(err)}); {fix}") from err

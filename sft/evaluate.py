@@ -10,17 +10,14 @@ a label the model does not know is an error that lists both.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
+from sft import cli
 from sft import config as schema
-from sft.errors import SftError, exit_with
+from sft.errors import SftError
+from sft.run_dir import write_json
 
 log = logging.getLogger(__name__)
 
@@ -30,52 +27,44 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Metrics of the model in `source` on the data the overrides name; writes them out."""
     from accelerate import Accelerator
-    from torch.utils.data import DataLoader
 
     from sft import loop, metrics, plots
-    from sft.data import load_raw
+    from sft.data.loaders import eval_loader, load_raw_data
     from sft.data.splits import Splits
-    from sft.model import AUTO_CLASSES, resolve
-    from sft.train import make_inputs
+    from sft.model import resolve
 
-    model_ref = resolve(source)
-    cfg = _config(source, model_ref.ref, model_ref.task, overrides)
-    inputs, _ = make_inputs(cfg)
-    raw = load_raw(
-        cfg.data.path,
-        name=cfg.data.name,
-        encodings=cfg.data.encodings,
-        input_column=inputs.column,
-        label_column=cfg.data.label_column,
-        input_is_path=cfg.task != "text-classification",
-    )
+    found = resolve(source)
+    base = found.run.config if found.run is not None else {"task": found.task}
+    fixed = {"model": {"checkpoint": found.ref}, "output_dir": ""}  # nothing is trained
+    cfg = schema.with_overrides(base, overrides, fixed)
+    modality = found.modality
+    inputs = modality.inputs(cfg.model.checkpoint, cfg.model.revision, cfg.data, cfg.augment)
+    raw = load_raw_data(modality, cfg.data)
     split = _choose_split(raw, split, cfg.data.path)
-    model = AUTO_CLASSES[cfg.task].from_pretrained(model_ref.ref)
+    model = found.load()
     labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
     ds = _with_label_ids(raw[split], cfg.data.label_column, labels, f"{cfg.data.path} ({split})")
     # Inputs encode whole splits; an empty validation split costs nothing.
     encoded = inputs.encode(Splits(ds, ds.select([]), None, labels)).train
-    loader = DataLoader(
-        encoded, batch_size=cfg.trainer.eval_batch_size, collate_fn=inputs.collator(train=False)
-    )
     accelerator = Accelerator()
-    model, loader = accelerator.prepare(model, loader)
+    model, loader = accelerator.prepare(
+        model, eval_loader(encoded, inputs, cfg.trainer.eval_batch_size)
+    )
     result = loop.evaluate(accelerator, model, loader)
     report = {
         "split": split,
         "data": cfg.data.path,
-        "model": model_ref.ref,
+        "model": found.ref,
         **metrics.report(result.predictions, result.references, labels),
         "loss": result.loss,
     }
     name = Path(cfg.data.path).name or "data"
-    default_parent = Path(source) / "evaluations" if (Path(source) / "model").is_dir() else None
-    out = output_dir or (default_parent or Path("evaluations")) / f"{name}-{split}"
-    out.mkdir(parents=True, exist_ok=True)
+    parent = found.run.evaluations if found.run is not None else Path("evaluations")
+    out = output_dir or parent / f"{name}-{split}"
     plots.plot_confusion(
         report["confusion_matrix"], labels, f"{name} {split}", out / "confusion_matrix.png"
     )
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out / "metrics.json", report)
     log.info(
         "%s %s: accuracy %.4f, macro-F1 %.4f on %d examples -> %s",
         name,
@@ -86,22 +75,6 @@ def evaluate_model(
         out,
     )
     return report
-
-
-def _config(source: str, model_dir: str, task: str, overrides: list[str]) -> schema.Config:
-    """The run's config (or the defaults, for a bare model) with the overrides on top, checked
-    against the schema; the model is the fine-tuned one."""
-    run_config = Path(source) / "config.yaml"
-    base = OmegaConf.structured(schema.Config)
-    layers = [OmegaConf.load(run_config)] if run_config.is_file() else [{"task": task}]
-    from sft.train import to_config
-
-    fixed = {"model": {"checkpoint": model_dir}, "output_dir": ""}  # nothing is trained
-    try:
-        merged = OmegaConf.merge(base, *layers, OmegaConf.from_dotlist(overrides), fixed)
-    except OmegaConfBaseException as err:
-        raise SftError(f"{str(err).splitlines()[0]}; check the key=value arguments") from err
-    return to_config(merged)
 
 
 def _choose_split(raw, split: str | None, source: str) -> str:
@@ -145,25 +118,21 @@ def _with_label_ids(ds, column: str, labels: list[str], where: str):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m sft.evaluate",
-        description="Evaluate a fine-tuned model on a data set.",
-    )
+    parser = cli.parser("sft.evaluate", "Evaluate a fine-tuned model on a data set.")
     parser.add_argument("model", help="run directory or model directory")
     parser.add_argument("args", nargs="*", help="data.<key>=<value> overrides, then a split name")
     parser.add_argument("--output-dir", type=Path)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cli.run(parser, _evaluate, argv)
+
+
+def _evaluate(args) -> None:
     overrides = [a for a in args.args if "=" in a]
     splits = [a for a in args.args if "=" not in a]
-    try:
-        if len(splits) > 1:
-            raise SftError(f"one split at most, got {splits}")
-        if not any(o.startswith("data.path=") for o in overrides):
-            raise SftError("name the data to evaluate on: data.path=<hub id, file or directory>")
-        evaluate_model(args.model, overrides, splits[0] if splits else None, args.output_dir)
-    except SftError as err:
-        exit_with(err)
+    if len(splits) > 1:
+        raise SftError(f"one split at most, got {splits}")
+    if not any(o.startswith("data.path=") for o in overrides):
+        raise SftError("name the data to evaluate on: data.path=<hub id, file or directory>")
+    evaluate_model(args.model, overrides, splits[0] if splits else None, args.output_dir)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ PyTorch's, or the command fails. export.json records the largest difference.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -19,7 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from sft.errors import SftError, exit_with
+from sft import cli
+from sft.errors import SftError, first_line
+from sft.run_dir import write_json
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +35,14 @@ def export_onnx(source: str, output: Path | None = None, opset: int = 18) -> dic
         raise SftError(
             "ONNX export needs onnx, onnxscript and onnxruntime: pip install -e .[export]"
         ) from err
-    from sft.data.inputs import processor_for
-    from sft.model import AUTO_CLASSES, resolve
+    from sft.model import resolve
 
     found = resolve(source)
-    model = AUTO_CLASSES[found.task].from_pretrained(found.ref).eval()
-    processor = processor_for(found.task, found.ref)
-    trace, check = (_sample(found.modality, processor, n) for n in (2, 3))
+    model = found.load().eval()
+    processor = found.load_processor()
+    trace, check = (found.modality.sample(processor, n) for n in (2, 3))
     names = list(trace)
-    out = output or (Path(source) / "onnx" if Path(source, "model").is_dir() else Path("onnx"))
+    out = output or (found.run.onnx if found.run is not None else Path("onnx"))
     out.mkdir(parents=True, exist_ok=True)
     dynamic = {
         name: {d: torch.export.Dim.DYNAMIC for d in range(trace[name].dim())
@@ -60,10 +60,8 @@ def export_onnx(source: str, output: Path | None = None, opset: int = 18) -> dic
             opset_version=opset,
             dynamo=True,
         )
-    except Exception as err:
-        raise SftError(
-            f"torch.onnx could not export {found.ref}: {type(err).__name__}: {err}"
-        ) from err
+    except torch.onnx.errors.OnnxExporterError as err:  # an operator or shape it cannot export
+        raise SftError(f"torch.onnx could not export {found.ref}: {first_line(err)}") from err
     session = onnxruntime.InferenceSession(str(out / "model.onnx"))
     onnx_logits = session.run(None, {n: check[n].numpy() for n in names})[0]
     with torch.no_grad():
@@ -79,7 +77,7 @@ def export_onnx(source: str, output: Path | None = None, opset: int = 18) -> dic
         )
     shutil.copy2(Path(found.ref) / "config.json", out / "config.json")
     processor.save_pretrained(out)
-    (out / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out / "export.json", report)
     log.info("exported %s to %s (max |ONNX - PyTorch| = %.1e)", found.ref, out, difference)
     return report
 
@@ -95,43 +93,13 @@ class _Logits(torch.nn.Module):
         return self.model(**dict(zip(self.names, tensors, strict=True))).logits
 
 
-def _sample(modality: str, processor, n: int) -> dict[str, torch.Tensor]:
-    """A batch of `n` inputs; batches of different n also differ in length where lengths vary."""
-    if modality == "text":
-        texts = [" ".join(["example"] * (3 + 4 * i)) for i in range(n)]
-        return dict(processor(texts, padding=True, return_tensors="pt"))
-    if modality == "image":
-        from PIL import Image
-
-        rng = np.random.default_rng(n)
-        images = [
-            Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)) for _ in range(n)
-        ]
-        return dict(processor(images, return_tensors="pt"))
-    rate = int(processor.sampling_rate)
-    rng = np.random.default_rng(n)
-    clips = [
-        0.1 * rng.standard_normal(rate // 2 + 800 * i * n).astype(np.float32) for i in range(n)
-    ]
-    padding = "max_length" if hasattr(processor, "n_samples") else "longest"
-    return dict(processor(clips, sampling_rate=rate, padding=padding, return_tensors="pt"))
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m sft.export", description="Export a fine-tuned model and check it."
-    )
+    parser = cli.parser("sft.export", "Export a fine-tuned model and check it.")
     parser.add_argument("run_dir", help="run directory (or model directory)")
     parser.add_argument("--onnx", action="store_true", required=True, help="export to ONNX")
     parser.add_argument("--output", type=Path, help="default: <run_dir>/onnx")
     parser.add_argument("--opset", type=int, default=18)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        report = export_onnx(args.run_dir, args.output, args.opset)
-    except SftError as err:
-        exit_with(err)
-    print(json.dumps(report))  # noqa: T201 (the command's answer)
+    cli.run(parser, lambda a: json.dumps(export_onnx(a.run_dir, a.output, a.opset)), argv)
 
 
 if __name__ == "__main__":

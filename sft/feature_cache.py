@@ -29,8 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sft.data.splits import Splits
-from sft.finetune import Layout, layout_or_none
-from sft.loop import train_mode
+from sft.finetune import Layout, layout_or_none, train_mode
 
 log = logging.getLogger(__name__)
 

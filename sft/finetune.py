@@ -17,6 +17,7 @@ from functools import cached_property
 
 import torch
 
+from sft.config import FinetuneConfig
 from sft.errors import SftError
 
 
@@ -188,101 +189,6 @@ def _matching(params: dict, patterns, key: str) -> set[str]:
     return matched
 
 
-def param_groups(
-    model: torch.nn.Module,
-    lr: float,
-    weight_decay: float,
-    head_lr: float | None = None,
-    layer_decay: float = 1.0,
-) -> list[dict]:
-    """Optimizer groups for every parameter, frozen ones included (with `trainable: False`),
-    one per model part and decay kind, each with its learning rate:
-    - no weight decay on biases and norm scales (the 1-d parameters);
-    - `head_lr` for the head (default `lr`);
-    - `layer_decay` < 1: block i of n (from 0 at the bottom) gets lr * decay^(n - i), `below`
-      gets lr * decay^(n + 1), `above` and the head keep their rate (as BEiT / ELECTRA do).
-    """
-    # A model without blocks (rare) forms one "body" group, unless a knob needs the structure:
-    # then find_layout raises its clear error.
-    needs_layout = layer_decay != 1.0 or head_lr is not None
-    layout = find_layout(model) if needs_layout else layout_or_none(model)
-    n = len(layout.blocks) if layout else 0
-    groups: dict[tuple[str, bool], dict] = {}
-    for name, param in model.named_parameters():
-        part = layout.part_of(name) if layout else "body"
-        if part == "head":
-            rate = head_lr if head_lr is not None else lr
-        elif part.startswith("block."):
-            rate = lr * layer_decay ** (n - int(part.split(".")[1]))
-        elif part == "below":
-            rate = lr * layer_decay ** (n + 1)
-        else:
-            rate = lr
-        decays = param.ndim >= 2
-        key = (part, decays)
-        group = groups.setdefault(
-            key,
-            {
-                "name": f"{part}{'' if decays else '.no_decay'}",
-                "params": [],
-                "names": [],
-                "lr": rate,
-                "weight_decay": weight_decay if decays else 0.0,
-            },
-        )
-        group["params"].append(param)
-        group["names"].append(name)
-    return list(groups.values())
-
-
-def describe(groups: list[dict]) -> dict:
-    """The JSON-ready summary of `param_groups`: per group its parameter names, counts, lr and
-    weight decay, trainable or frozen, plus totals."""
-    rows = []
-    for group in groups:
-        for trainable in (True, False):
-            pairs = [
-                (n, p)
-                for n, p in zip(group["names"], group["params"], strict=True)
-                if p.requires_grad == trainable
-            ]
-            if pairs:
-                rows.append(
-                    {
-                        "name": group["name"],
-                        "trainable": trainable,
-                        "num_params": sum(p.numel() for _, p in pairs),
-                        "lr": group["lr"] if trainable else 0.0,
-                        "weight_decay": group["weight_decay"] if trainable else 0.0,
-                        "params": [n for n, _ in pairs],
-                    }
-                )
-    trainable = sum(r["num_params"] for r in rows if r["trainable"])
-    total = sum(r["num_params"] for r in rows)
-    return {
-        "groups": rows,
-        "trainable_params": trainable,
-        "frozen_params": total - trainable,
-        "total_params": total,
-    }
-
-
-def format_table(summary: dict) -> str:
-    """A plain-text table of `describe`'s groups, for the log and `dry_run=true`."""
-    lines = [f"{'group':<22} {'params':>12} {'state':<9} {'lr':>10} {'wd':>6}"]
-    for row in summary["groups"]:
-        state = "train" if row["trainable"] else "frozen"
-        lr = f"{row['lr']:.2e}" if row["trainable"] else "-"
-        wd = f"{row['weight_decay']:g}" if row["trainable"] else "-"
-        lines.append(f"{row['name']:<22} {row['num_params']:>12,} {state:<9} {lr:>10} {wd:>6}")
-    share = summary["trainable_params"] / max(summary["total_params"], 1)
-    lines.append(
-        f"trainable {summary['trainable_params']:,} of {summary['total_params']:,} "
-        f"parameters ({share:.1%}); frozen {summary['frozen_params']:,}"
-    )
-    return "\n".join(lines)
-
-
 def apply_lora(
     model: torch.nn.Module,
     r: int = 8,
@@ -324,6 +230,30 @@ def apply_lora(
         modules_to_save=head_modules,
     )
     return get_peft_model(model, config)
+
+
+def choose_trainable(model: torch.nn.Module, ft: FinetuneConfig) -> torch.nn.Module:
+    """Freeze (or wrap with LoRA) what `finetune.*` says; returns the model to train."""
+    if ft.strategy == "lora":
+        return apply_lora(model, ft.r, ft.alpha, ft.dropout, ft.target_modules)
+    if ft.strategy == "gradual":
+        # Everything stays trainable here, so that the optimizer holds every parameter;
+        # GradualUnfreezing freezes once the model is prepared. Fail now if it has no blocks.
+        find_layout(model)
+    else:
+        apply_strategy(model, ft.strategy, ft.k, ft.train, ft.freeze)
+    return model
+
+
+def train_mode(model: torch.nn.Module) -> None:
+    """Training mode, except for modules whose parameters are all frozen: they run as in
+    inference (no dropout, BatchNorm statistics fixed), so a frozen part stays exactly the
+    pretrained function, as Keras does with `trainable=False`."""
+    model.train()
+    for module in model.modules():
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
 
 
 def inner_model(model: torch.nn.Module) -> torch.nn.Module:

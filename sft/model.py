@@ -7,56 +7,47 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import (
-    AutoConfig,
-    AutoModelForAudioClassification,
-    AutoModelForImageClassification,
-    AutoModelForSequenceClassification,
-    PreTrainedModel,
-)
+from omegaconf import OmegaConf
+from transformers import AutoConfig, PreTrainedModel
 
-from sft.errors import SftError
+from sft import modalities
+from sft.errors import SftError, from_checkpoint
+from sft.modalities import Modality
+from sft.run_dir import RunDir
 
 log = logging.getLogger(__name__)
-
-# Which Auto class builds a classifier for each task (the names `pipeline()` uses).
-AUTO_CLASSES = {
-    "text-classification": AutoModelForSequenceClassification,
-    "image-classification": AutoModelForImageClassification,
-    "audio-classification": AutoModelForAudioClassification,
-}
 
 
 def load_classifier(
     checkpoint: str,
     labels: list[str],
-    task: str = "text-classification",
+    task: str = modalities.TEXT,
     revision: str | None = None,
     freeze_feature_encoder: bool = False,
+    pad_token_id: int | None = None,
 ) -> PreTrainedModel:
     """Load `checkpoint` with a classification head sized and named for `labels`.
 
     A head trained for other labels (a different size) is replaced, not an error: replacing the
     head is what fine-tuning a pretrained checkpoint for a new label set means.
-    `freeze_feature_encoder` keeps a speech model's convolutional front end fixed.
+    `freeze_feature_encoder` keeps a speech model's convolutional front end fixed;
+    `pad_token_id` is the tokenizer's, for checkpoints whose config has none (GPT-style).
     """
-    if task not in AUTO_CLASSES:
-        raise SftError(f"task '{task}' is not supported; choose one of {sorted(AUTO_CLASSES)}")
-    try:
-        model = AUTO_CLASSES[task].from_pretrained(
+    auto_class = modalities.get(task).auto_class
+    model = from_checkpoint(
+        lambda: auto_class.from_pretrained(
             checkpoint,
             revision=revision,
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={name: i for i, name in enumerate(labels)},
             ignore_mismatched_sizes=True,
-        )
-    except Exception as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise SftError(
-            f"model.checkpoint '{checkpoint}' could not be loaded ({type(err).__name__}: "
-            f"{first_line}); use a hub id or a directory with config.json and model weights"
-        ) from err
+        ),
+        f"model.checkpoint '{checkpoint}' could not be loaded",
+        "use a hub id or a directory with config.json and model weights",
+    )
+    if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = pad_token_id
     if freeze_feature_encoder:
         if not hasattr(model, "freeze_feature_encoder"):
             raise SftError(
@@ -67,16 +58,16 @@ def load_classifier(
     return model
 
 
-def num_channels(checkpoint: str, revision: str | None = None) -> int:
-    """Colour channels the checkpoint's vision model expects (3 unless its config says not)."""
-    try:
-        config = AutoConfig.from_pretrained(checkpoint, revision=revision)
-    except Exception as err:
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    if not getattr(model, "supports_gradient_checkpointing", False):
         raise SftError(
-            f"model.checkpoint '{checkpoint}' has no loadable config ({type(err).__name__}); use "
-            f"a hub id or a directory with config.json"
-        ) from err
-    return int(getattr(config, "num_channels", 3))
+            f"{type(model).__name__} does not support gradient checkpointing; set "
+            f"trainer.gradient_checkpointing=false"
+        )
+    # Reentrant checkpointing drops the gradients of a block whose inputs do not require grad
+    # (above frozen layers); transformers patches that by making the embedding outputs require
+    # grad, which backpropagates through every frozen layer. Non-reentrant needs neither.
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 @dataclass
@@ -84,24 +75,30 @@ class TrainedModel:
     """A fine-tuned classifier to use: where it is, its task, the input column it was trained on."""
 
     ref: str  # a local directory or a hub id
-    task: str  # text-classification | image-classification | audio-classification
+    task: str  # a pipeline task name: a key of sft.modalities.TASKS
     column: str | None = None  # the input column of the run that trained it
+    run: RunDir | None = None  # the run directory it was found in, if any
 
     @property
-    def modality(self) -> str:
-        return self.task.split("-")[0]
+    def modality(self) -> Modality:
+        return modalities.get(self.task)
+
+    def load(self) -> PreTrainedModel:
+        return self.modality.auto_class.from_pretrained(self.ref)
+
+    def load_processor(self):
+        return self.modality.load_processor(self.ref)
 
 
 def resolve(source: str) -> TrainedModel:
     """The model behind a run directory, a model directory or a hub id, and its task."""
     path = Path(source)
-    if (path / "model").is_dir() and (path / "config.yaml").is_file():
-        from omegaconf import OmegaConf
-
-        config = OmegaConf.load(path / "config.yaml")
-        modality = config.task.split("-")[0]
-        column = OmegaConf.select(config, f"data.{modality}_column", default=None)
-        return TrainedModel(str(path / "model"), config.task, column)
+    run = RunDir(path)
+    if run.holds_model():
+        config = run.read_config()
+        key = modalities.get(config.task).column_key
+        column = OmegaConf.select(config, f"data.{key}", default=None)
+        return TrainedModel(str(run.model), config.task, column, run)
     if path.exists() and not (path / "config.json").is_file():
         raise SftError(
             f"{source} is neither a run directory (with model/ and config.yaml) nor a model "
@@ -112,20 +109,9 @@ def resolve(source: str) -> TrainedModel:
 
 def detect_task(ref: str) -> str:
     """The pipeline task of a checkpoint, from its model type."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES,
-        MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+    config = from_checkpoint(
+        lambda: AutoConfig.from_pretrained(ref),
+        f"cannot load a model config from '{ref}'",
+        "pass a run directory, a model directory or a hub id",
     )
-
-    try:
-        config = AutoConfig.from_pretrained(ref)
-    except Exception as err:
-        raise SftError(
-            f"cannot load a model config from '{ref}' ({type(err).__name__}); pass a run "
-            f"directory, a model directory or a hub id"
-        ) from err
-    if config.model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES:
-        return "image-classification"
-    if config.model_type in MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES:
-        return "audio-classification"
-    return "text-classification"
+    return modalities.task_of(config.model_type)

@@ -10,56 +10,56 @@ Each gets its label and score and the top k labels, printed as a table or writte
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
+from sft import cli
+from sft.config import DataConfig
 from sft.data.sources import FORMATS, MEDIA
-from sft.errors import SftError, exit_with
+from sft.errors import SftError, first_line
+from sft.modalities import Modality
 from sft.model import TrainedModel, resolve
 
 log = logging.getLogger(__name__)
 
-DEFAULT_COLUMNS = {"text": "text", "image": "image", "audio": "audio"}
 
-
-def collect(inputs: list[str], modality: str, column: str) -> list[tuple[str, str]]:
+def collect(inputs: list[str], modality: Modality, column: str) -> list[tuple[str, str]]:
     """(name shown, value) per example: texts for text models, file paths otherwise."""
+    kind = modality.name
     items: list[tuple[str, str]] = []
     for arg in inputs:
         path = Path(arg)
         if path.is_dir():
-            files = sorted(f for f in path.rglob("*") if MEDIA.get(f.suffix.lower()) == modality)
+            files = sorted(f for f in path.rglob("*") if MEDIA.get(f.suffix.lower()) == kind)
             if not files:
-                raise SftError(f"directory {arg} holds no {modality} files")
+                raise SftError(f"directory {arg} holds no {kind} files")
             items += [_file_item(f, modality) for f in files]
         elif path.is_file() and path.suffix.lower() in FORMATS:
             items += _table_items(path, modality, column)
         elif path.is_file():
-            kind = MEDIA.get(path.suffix.lower())
-            if kind != modality:
+            if MEDIA.get(path.suffix.lower()) != kind:
                 raise SftError(
-                    f"{arg} is not a {modality} file the model can read (known suffixes: "
-                    f"{', '.join(s for s, k in MEDIA.items() if k == modality)})"
+                    f"{arg} is not a {kind} file the model can read (known suffixes: "
+                    f"{', '.join(s for s, k in MEDIA.items() if k == kind)})"
                 )
             items.append(_file_item(path, modality))
-        elif modality == "text":
+        elif not modality.reads_files:  # the argument is the input itself
             items.append((arg, arg))
         else:
-            raise SftError(f"{arg} does not exist; give {modality} files or directories")
+            raise SftError(f"{arg} does not exist; give {kind} files or directories")
     return items
 
 
-def _file_item(path: Path, modality: str) -> tuple[str, str]:
-    if modality == "text":
-        return str(path), path.read_text(encoding="utf-8", errors="replace")
-    return str(path), str(path.resolve())
+def _file_item(path: Path, modality: Modality) -> tuple[str, str]:
+    if modality.reads_files:
+        return str(path), str(path.resolve())
+    return str(path), path.read_text(encoding="utf-8", errors="replace")
 
 
-def _table_items(path: Path, modality: str, column: str) -> list[tuple[str, str]]:
+def _table_items(path: Path, modality: Modality, column: str) -> list[tuple[str, str]]:
     import pandas as pd
 
     readers = {
@@ -71,17 +71,17 @@ def _table_items(path: Path, modality: str, column: str) -> list[tuple[str, str]
     }
     try:
         table = readers[path.suffix.lower()](path)
-    except Exception as err:
-        raise SftError(f"{path} cannot be read as {path.suffix} ({err})") from err
+    except (OSError, ValueError, UnicodeDecodeError) as err:  # pandas' parser errors too
+        raise SftError(f"{path} cannot be read as {path.suffix} ({first_line(err)})") from err
     if column not in table.columns:
         raise SftError(
             f"{path} has no column '{column}' (columns: {', '.join(map(str, table.columns))}); "
             f"name the input column with --column"
         )
     values = table[column].tolist()
-    if modality == "text":
-        return [(str(v)[:60], str(v)) for v in values]
-    return [(str(v), str((path.parent / str(v)).resolve())) for v in values]
+    if modality.reads_files:  # paths, relative to the table
+        return [(str(v), str((path.parent / str(v)).resolve())) for v in values]
+    return [(str(v)[:60], str(v)) for v in values]
 
 
 def classify(
@@ -91,14 +91,15 @@ def classify(
     from tqdm.auto import tqdm
     from transformers import pipeline
 
-    classifier = pipeline(model.task, model=model.ref, **_processor(model))
-    read = _reader(model, classifier)
+    modality = model.modality
+    classifier = pipeline(model.task, model=model.ref, **modality.pipeline_options(model.ref))
+    read = modality.reader(classifier)
     rows = []
     bar = tqdm(total=len(items), desc="predict", disable=not progress or len(items) < batch_size)
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        kwargs = {"truncation": True} if model.modality == "text" else {}
-        outputs = classifier([read(value) for _, value in chunk], top_k=top_k, **kwargs)
+        values = [read(value) for _, value in chunk]
+        outputs = classifier(values, top_k=top_k, **modality.call_options())
         for (name, _), scores in zip(chunk, outputs, strict=True):
             top = [{"label": s["label"], "score": float(s["score"])} for s in scores]
             rows.append({"input": name, "label": top[0]["label"], "score": top[0]["score"],
@@ -106,32 +107,6 @@ def classify(
         bar.update(len(chunk))
     bar.close()
     return rows
-
-
-def _processor(model: TrainedModel) -> dict[str, Any]:
-    """The image processor sft trains with (PIL backend: no torchvision beside CPU torch)."""
-    if model.modality == "image":
-        from sft.data.inputs import processor_for
-
-        return {"image_processor": processor_for(model.task, model.ref)}
-    return {}
-
-
-def _reader(model: TrainedModel, classifier):
-    """Turns an item's value into what the pipeline takes: text as is, images as PIL images
-    in the model's colour mode, audio as samples at the model's rate (decoded here, because the
-    pipeline resamples only through torchaudio)."""
-    if model.modality == "image":
-        from sft.data.image import _open
-
-        mode = "L" if getattr(classifier.model.config, "num_channels", 3) == 1 else "RGB"
-        return lambda path: _open({"path": path}, "input").convert(mode)
-    if model.modality == "audio":
-        from sft.data.audio import load_audio
-
-        rate = int(classifier.feature_extractor.sampling_rate)
-        return lambda path: {"raw": load_audio({"path": path}, rate), "sampling_rate": rate}
-    return lambda text: text
 
 
 def write(rows: list[dict[str, Any]], output: Path | None) -> None:
@@ -156,9 +131,7 @@ def write(rows: list[dict[str, Any]], output: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m sft.predict", description=__doc__.split("\n")[0]
-    )
+    parser = cli.parser("sft.predict", __doc__.split("\n")[0])
     parser.add_argument("model", help="run directory, model directory or hub id")
     parser.add_argument("inputs", nargs="+", help="texts, files, directories or tables")
     parser.add_argument("--top-k", type=int, default=3, help="labels per input (default 3)")
@@ -166,16 +139,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, help="write .csv or .json instead of printing")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        model = resolve(args.model)
-        column = args.column or model.column or DEFAULT_COLUMNS[model.modality]
-        items = collect(args.inputs, model.modality, column)
-        rows = classify(model, items, args.top_k, args.batch_size, not args.no_progress)
-        write(rows, args.output)
-    except SftError as err:
-        exit_with(err)
+    cli.run(parser, predict, argv)
+
+
+def predict(args) -> None:
+    model = resolve(args.model)
+    default_column = getattr(DataConfig(), model.modality.column_key)
+    column = args.column or model.column or default_column
+    items = collect(args.inputs, model.modality, column)
+    rows = classify(model, items, args.top_k, args.batch_size, not args.no_progress)
+    write(rows, args.output)
 
 
 if __name__ == "__main__":

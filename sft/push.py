@@ -8,18 +8,39 @@ points at another hub (a company mirror, or a test server).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import tempfile
 from pathlib import Path
 
-from sft.card import model_card, read_run
-from sft.errors import SftError, exit_with
+from sft import cli
+from sft.card import model_card
+from sft.errors import SftError
+from sft.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("config.yaml", "metrics.json")
+
+def check_online() -> None:
+    """An SftError now, before training, if the hub cannot be reached by configuration."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        raise SftError(
+            "push_to_hub=true but HF_HUB_OFFLINE=1 is set: unset it, or push later with "
+            "python -m sft.push <run_dir> --repo-id ..."
+        )
+
+
+def push_finished(run: RunDir, repo_id: str, private: bool) -> str:
+    """`push` at the end of training: a failure says the run itself is safe, and how to retry."""
+    try:
+        return push(run.root, repo_id, private)
+    except SftError as err:
+        raise SftError(
+            f"the run finished in {run.root}, but the push failed: {err}. Retry with "
+            f"python -m sft.push {run.root} --repo-id {repo_id}"
+        ) from err
 
 
 def push(run_dir: str | Path, repo_id: str, private: bool = False) -> str:
@@ -27,10 +48,10 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False) -> str:
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
-    run = Path(run_dir)
-    read_run(run)  # a finished run, or a clear error
-    if not (run / "model").is_dir():
-        raise SftError(f"{run} has no model/ directory: the run did not save a model")
+    run = RunDir(run_dir)
+    run.read_finished()  # a finished run, or a clear error
+    if not run.model.is_dir():
+        raise SftError(f"{run.root} has no model/ directory: the run did not save a model")
     if constants.is_offline_mode():
         raise SftError(
             "HF_HUB_OFFLINE=1 is set, so nothing can be pushed; unset it (and HF_ENDPOINT, if "
@@ -44,7 +65,7 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False) -> str:
             commit = api.upload_folder(
                 repo_id=repo_id,
                 folder_path=staged,
-                commit_message=f"Upload {run.name} (sft)",
+                commit_message=f"Upload {run.root.name} (sft)",
             )
         except HfHubHTTPError as err:
             status = err.response.status_code if err.response is not None else None
@@ -59,34 +80,28 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False) -> str:
                 f"cannot reach the hub at {api.endpoint} ({type(err).__name__}); check the network "
                 f"or HF_ENDPOINT"
             ) from err
-    log.info("pushed %s to %s", run, commit.commit_url)
+    log.info("pushed %s to %s", run.root, commit.commit_url)
     return commit.commit_url
 
 
-def _stage(run: Path, repo_id: str, into: Path) -> Path:
+def _stage(run: RunDir, repo_id: str, into: Path) -> Path:
     """The repository's files: model/ at the top, the run's files and plots beside it."""
     staged = into / "repo"
-    shutil.copytree(run / "model", staged)
-    for name in RUN_FILES:
-        shutil.copy2(run / name, staged / name)
-    if (run / "plots").is_dir():
-        shutil.copytree(run / "plots", staged / "plots")
+    shutil.copytree(run.model, staged)
+    for path in (run.config, run.metrics):
+        shutil.copy2(path, staged / path.name)
+    if run.plots.is_dir():
+        shutil.copytree(run.plots, staged / run.plots.name)
     (staged / "README.md").write_text(model_card(run, repo_id))
     return staged
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sft.push", description=__doc__.split("\n")[0])
+    parser = cli.parser("sft.push", __doc__.split("\n")[0])
     parser.add_argument("run_dir", help="the directory of a finished run (holds metrics.json)")
     parser.add_argument("--repo-id", required=True, help="user/name or org/name on the hub")
     parser.add_argument("--private", action="store_true", help="create the repository private")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        url = push(args.run_dir, args.repo_id, args.private)
-    except SftError as err:
-        exit_with(err)
-    print(url)  # noqa: T201 (the command's answer)
+    cli.run(parser, lambda args: push(args.run_dir, args.repo_id, args.private), argv)
 
 
 if __name__ == "__main__":

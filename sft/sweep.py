@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import logging
 import sys
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from sft.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +88,11 @@ def _job_row(job: Path, metric: str) -> dict[str, Any]:
         key, _, value = str(override).partition("=")
         row["overrides"][key] = value
         row[key] = value
-    metrics_file = job / "metrics.json"
-    if not metrics_file.exists():
+    run = RunDir(job)
+    if not run.finished():
         row["status"] = "incomplete"
         return row
-    metrics = json.loads(metrics_file.read_text())
+    metrics = run.read_metrics()
     validation = metrics.get("validation", {})
     split = metrics.get("split", "test")
     row |= {

@@ -33,9 +33,11 @@ def log_with(name: str) -> str | None:
     return name
 
 
-def project_name(name: str) -> str:
+def start(accelerator: Any, name: str, cfg: Any) -> None:
+    """Start the tracker `log_with(name)` chose, with the run's config as hyper-parameters."""
     # TensorBoard writes to <project_dir>/<project name>: <run>/tensorboard/.
-    return "tensorboard" if name == "tensorboard" else "sft"
+    project = "tensorboard" if name == "tensorboard" else "sft"
+    accelerator.init_trackers(project, config=hyperparameters(cfg))
 
 
 def hyperparameters(cfg: Any) -> dict[str, Any]:

@@ -13,9 +13,8 @@ import soundfile
 import torch
 
 from sft.data import build_splits, load_raw
-from sft.data.audio import DURATION, AudioInputs, load_audio
-from sft.data.augment import audio_augmenter
 from sft.errors import SftError
+from sft.modalities.audio import DURATION, AudioInputs, audio_augmenter, load_audio
 from sft.prepare import tiny_model
 from tests.conftest import assert_run_outputs, run_cli
 

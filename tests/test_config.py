@@ -3,27 +3,79 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from hydra.utils import get_class
+from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from sft import config as schema
+from sft.config import to_config
 from sft.errors import SftError
-from sft.train import to_config
 from tests.conftest import ROOT, run_cli
 
 CONF = ROOT / "conf"
-GROUPS = ["model", "data", "optimizer", "scheduler", "trainer"]
+# Every folder of conf/ is a config group (conf/recipe is recipes/, through a symlink).
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
+# Groups in the root defaults list are chosen with `group=option`; the others (sweep) are added
+# with `+group=option`.
+ROOT_DEFAULTS = OmegaConf.load(CONF / "config.yaml").defaults
+DEFAULT_GROUPS = {next(iter(entry)) for entry in ROOT_DEFAULTS if not isinstance(entry, str)}
 RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
+# The key that names an option (`name: adamw`, `strategy: lora`) stays even when it is the default.
+NAMING_KEYS = {"name", "strategy"}
+# Recipes are experiments: they may pin a setting that happens to equal the default.
+EXPERIMENT_GROUPS = {"recipe"}
 
 schema.register()
 
 
-def composed(*overrides: str):
+def composed(*overrides: str, hydra: bool = False):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def selecting(group: str, option: str) -> str:
+    return f"{'' if group in DEFAULT_GROUPS else '+'}{group}={option}"
+
+
+def package(file: Path, group: str) -> tuple[str, ...]:
+    """Where Hydra puts a group file's keys: under its group, or where `# @package` says."""
+    header = re.search(r"^#\s*@package\s+(\S+)", file.read_text(), re.MULTILINE)
+    name = header.group(1) if header else "_group_"
+    if name == "_global_":
+        return ()
+    return tuple(group.split("/")) if name == "_group_" else tuple(name.split("."))
+
+
+def settings(file: Path, group: str = "") -> dict[str, Any]:
+    """A config file's keys (interpolations unresolved) at their place in the composed config,
+    without its defaults list."""
+    content = OmegaConf.to_container(OmegaConf.load(file), resolve=False)
+    content.pop("defaults", None)
+    for key in reversed(package(file, group) if group else ()):
+        content = {key: content}
+    return content
+
+
+def leaves(node: Any, path: tuple[str, ...] = ()):
+    """(path, value) of every value that is not a mapping; lists are values."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from leaves(value, (*path, key))
+    else:
+        yield path, node
+
+
+def at(node: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        node = node[key]
+    return node
 
 
 def test_recipes_exist():
@@ -37,13 +89,68 @@ def test_every_recipe_composes_and_resolves(recipe):
     assert cfg.model.checkpoint and cfg.data.path
 
 
-@pytest.mark.parametrize(
-    ("group", "option"),
-    [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))],
-)
+def test_groups_are_discovered():
+    assert {"model", "data", "finetune", "trainer", "recipe", "sweep"} <= set(GROUPS)
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS)
 def test_every_group_option_composes(group, option):
-    cfg = to_config(composed(f"{group}={option}", "output_dir=/tmp/x"))
-    assert isinstance(getattr(cfg, group), type(getattr(schema.Config(), group)))
+    file = CONF / group / f"{option}.yaml"
+    composition = composed(selecting(group, option), "output_dir=/tmp/x", hydra=True)
+    choices = composition.hydra.runtime.choices
+    assert choices[group] == option
+    # Every value the file sets arrives where its package says (hydra's settings included).
+    values = OmegaConf.to_container(composition, resolve=False)
+    for path, value in leaves(settings(file, group)):
+        assert at(values, path) == value, f"{file.relative_to(ROOT)}: {'.'.join(path)}"
+    # Each Hydra plugin the file selects (sweeper, launcher) is installed and composed.
+    for entry in OmegaConf.load(file).get("defaults", []):
+        for key, choice in entry.items():
+            if key.startswith("override /hydra/"):
+                plugin = key.removeprefix("override /hydra/")
+                assert choices[f"hydra/{plugin}"] == choice
+                assert isinstance(get_class(composition.hydra[plugin]._target_), type)
+    with open_dict(composition):
+        del composition["hydra"]
+    cfg = to_config(composition)
+    assert isinstance(cfg, schema.Config)
+    if group in schema.Config.__dataclass_fields__:
+        assert isinstance(getattr(cfg, group), type(getattr(schema.Config(), group)))
+
+
+def test_sweep_options_select_their_hydra_plugins():
+    optuna = composed("+sweep=optuna", hydra=True).hydra
+    assert optuna.sweeper._target_.endswith("hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper")
+    slurm = composed("+sweep=slurm", hydra=True).hydra
+    assert slurm.launcher._target_.endswith(
+        "hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    )
+
+
+@pytest.mark.parametrize(
+    ("group", "file"),
+    [("", CONF / "config.yaml")]
+    + [(g, CONF / g / f"{o}.yaml") for g, o in OPTIONS if g not in EXPERIMENT_GROUPS],
+    ids=lambda value: str(value.relative_to(CONF)) if isinstance(value, Path) else value,
+)
+def test_no_config_file_repeats_a_schema_default(group, file):
+    """Defaults live in sft/config.py alone: a config file states only what differs."""
+    defaults = OmegaConf.structured(schema.Config)
+    content = settings(file, group)
+    content.pop("hydra", None)  # Hydra's own settings, not the schema's
+    merged = OmegaConf.to_container(OmegaConf.merge(defaults, content), resolve=False)
+    defaults = OmegaConf.to_container(defaults, resolve=False)
+    prefix = package(file, group) if group else ()
+    repeated = [
+        f"{'.'.join(path)}: {at(merged, path)!r}"
+        for path, value in leaves(content)
+        if not (path[:-1] == prefix and path[-1] in NAMING_KEYS and value == file.stem)
+        and at(merged, path) == at(defaults, path)
+    ]
+    assert not repeated, (
+        f"{file.relative_to(ROOT)} repeats the schema's defaults (sft/config.py): "
+        f"{'; '.join(repeated)}. Delete them (a comment may say the default and why)."
+    )
 
 
 def test_recipe_overrides_root_and_command_line_overrides_recipe():

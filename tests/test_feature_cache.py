@@ -15,7 +15,8 @@ import torch
 from sft import finetune
 from sft.data.splits import Splits
 from sft.feature_cache import INDEX, FeatureCache
-from sft.loop import logits_of, train_mode
+from sft.finetune import train_mode
+from sft.loop import logits_of
 from tests.conftest import KINDS, run_tiny_text
 from tests.test_finetune import trainable
 

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from sft import finetune
+from sft import finetune, optim
 from sft.errors import SftError
 from sft.loss import class_weights, cross_entropy
 from tests.conftest import KINDS, run_tiny_text
@@ -103,7 +103,7 @@ def test_feature_encoder_stays_frozen_under_every_strategy(models):
 
 def test_layer_decay_gives_each_block_its_rate(models):
     model = models("vit")
-    groups = finetune.param_groups(model, lr=1e-3, weight_decay=0.01, layer_decay=0.5, head_lr=5e-3)
+    groups = optim.param_groups(model, lr=1e-3, weight_decay=0.01, layer_decay=0.5, head_lr=5e-3)
     rates = {g["name"]: g["lr"] for g in groups}
     n = 4
     for i in range(n):
@@ -115,7 +115,7 @@ def test_layer_decay_gives_each_block_its_rate(models):
 
 def test_biases_and_norms_get_no_weight_decay(models):
     model = models("bert")
-    for group in finetune.param_groups(model, lr=1e-3, weight_decay=0.1):
+    for group in optim.param_groups(model, lr=1e-3, weight_decay=0.1):
         params = dict(model.named_parameters())
         dims = {params[n].ndim for n in group["names"]}
         assert group["weight_decay"] == (0.1 if dims == {2} or min(dims) >= 2 else 0.0)
@@ -126,20 +126,20 @@ def test_biases_and_norms_get_no_weight_decay(models):
 def test_describe_counts_trainable_and_frozen_parameters(models):
     model = models("bert")
     finetune.apply_strategy(model, "head_only")
-    summary = finetune.describe(finetune.param_groups(model, lr=1e-3, weight_decay=0.01))
+    summary = optim.describe(optim.param_groups(model, lr=1e-3, weight_decay=0.01))
     total = sum(p.numel() for p in model.parameters())
     assert summary["total_params"] == total
     assert summary["trainable_params"] == model.classifier.weight.numel() + 3
     names = [n for g in summary["groups"] if g["trainable"] for n in g["params"]]
     assert sorted(names) == ["classifier.bias", "classifier.weight"]
-    assert "trainable" in finetune.format_table(summary)
+    assert "trainable" in optim.format_table(summary)
 
 
 def test_frozen_weights_are_bit_identical_after_training(models):
     model = models("bert")
     finetune.apply_strategy(model, "top_k", k=1)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    groups = finetune.param_groups(model, lr=1e-2, weight_decay=0.01)
+    groups = optim.param_groups(model, lr=1e-2, weight_decay=0.01)
     optimizer = torch.optim.AdamW(
         [{"params": [p for p in g["params"] if p.requires_grad], "lr": g["lr"]} for g in groups]
     )
@@ -277,7 +277,7 @@ def test_lora_run_saves_a_model_that_reloads_with_equal_outputs(
 
 
 def test_gradient_checkpointing_keeps_gradients_above_frozen_layers(models):
-    from sft.train import _enable_gradient_checkpointing
+    from sft.model import enable_gradient_checkpointing
 
     ids = torch.randint(5, 30, (4, 8))
     labels = torch.tensor([0, 1, 2, 0])
@@ -286,7 +286,7 @@ def test_gradient_checkpointing_keeps_gradients_above_frozen_layers(models):
         torch.manual_seed(0)  # the same new head in both runs
         model = models("bert")
         if checkpointing:
-            _enable_gradient_checkpointing(model)
+            enable_gradient_checkpointing(model)
         finetune.apply_strategy(model, "top_k", k=1)
         for module in model.modules():  # no dropout: both runs compute the same function
             if isinstance(module, torch.nn.Dropout):
@@ -377,7 +377,7 @@ def test_frozen_batchnorm_statistics_do_not_move_during_training(models, tmp_pat
     ]
     collate = torch.utils.data.default_collate
     train = DataLoader(rows, batch_size=4, collate_fn=collate)
-    groups = finetune.param_groups(model, lr=1e-2, weight_decay=0.0)
+    groups = optim.param_groups(model, lr=1e-2, weight_decay=0.0)
     optimizer = torch.optim.AdamW(
         [{"params": [p for p in g["params"] if p.requires_grad], "lr": g["lr"]} for g in groups]
     )

@@ -13,9 +13,8 @@ import torch
 from PIL import Image
 
 from sft.data import build_splits, load_raw
-from sft.data.augment import image_augmenter
-from sft.data.image import ImageInputs
 from sft.errors import SftError
+from sft.modalities.image import ImageInputs, image_augmenter, num_channels
 from sft.prepare import tiny_model
 from tests.conftest import assert_run_outputs, run_cli
 
@@ -78,7 +77,6 @@ def test_imagefolder_loads_paths_and_class_labels(imagefolder):
 
 @pytest.mark.parametrize("channels", [3, 1])
 def test_every_colour_mode_becomes_what_the_model_expects(imagefolder, tmp_path, channels):
-    from sft.model import num_channels
 
     checkpoint = tiny_model("vit", tmp_path / "vit", image_size=32, num_channels=channels)
     assert num_channels(str(checkpoint)) == channels

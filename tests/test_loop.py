@@ -12,13 +12,13 @@ from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from sft import loop
+from sft.accelerator import precision
 from sft.config import OptimizerConfig, TrainerConfig
 from sft.data import build_splits
-from sft.data.text import TextInputs
 from sft.errors import SftError
-from sft.finetune import param_groups
+from sft.modalities.text import TextInputs
 from sft.model import load_classifier
-from sft.train import _optimizer, _precision
+from sft.optim import make_optimizer, param_groups
 from tests.conftest import make_rows
 
 
@@ -51,7 +51,7 @@ def run_fit(tiny_checkpoint, encoded, total_steps: int, **settings):
         generator=torch.Generator().manual_seed(0),
     )
     val = DataLoader(data.validation, batch_size=8, collate_fn=collate)
-    optimizer = _optimizer(param_groups(model, lr=5e-3, weight_decay=0.01), OptimizerConfig())
+    optimizer = make_optimizer(param_groups(model, lr=5e-3, weight_decay=0.01), OptimizerConfig())
     model, optimizer, train, val = accelerator.prepare(model, optimizer, train, val)
     scheduler = get_scheduler("linear", optimizer, 0, total_steps)
     rows: list[dict] = []
@@ -125,21 +125,21 @@ def test_same_seed_gives_the_same_history(tiny_checkpoint, encoded):
 def test_precision_auto_is_fp32_on_cpu(monkeypatch):
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert _precision("auto") == "no"
-    assert _precision("fp32") == "no"
+    assert precision("auto") == "no"
+    assert precision("fp32") == "no"
     with pytest.raises(SftError, match="fp16 needs a GPU"):
-        _precision("fp16")
+        precision("fp16")
     with pytest.raises(SftError, match="not one of"):
-        _precision("fp8")
+        precision("fp8")
 
 
 def test_balanced_sampler_draws_every_class_about_equally():
     from collections import Counter
 
-    from sft.train import _balanced_sampler
+    from sft.data.loaders import balanced_sampler
 
     labels = [0] * 90 + [1] * 9 + [2] * 1
-    sampler = _balanced_sampler(labels, torch.Generator().manual_seed(0))
+    sampler = balanced_sampler(labels, torch.Generator().manual_seed(0))
     draws = Counter(labels[i] for _ in range(30) for i in sampler)
     assert len(list(sampler)) == 100
     assert min(draws.values()) / max(draws.values()) > 0.9
@@ -160,6 +160,6 @@ def test_a_nan_evaluation_is_never_the_best():
 def test_precision_auto_ignores_the_launchers_no(monkeypatch):
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch` exports
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert _precision("auto") == "no"
+    assert precision("auto") == "no"
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    assert _precision("auto") is None  # the user's `accelerate config` choice stands
+    assert precision("auto") is None  # the user's `accelerate config` choice stands

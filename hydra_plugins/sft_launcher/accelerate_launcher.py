@@ -10,7 +10,6 @@ job's return value (for sweepers such as Optuna) is its validation metric from m
 
 # No `from __future__ import annotations`: Hydra's plugin scan runs this module outside
 # sys.modules, where dataclasses cannot resolve string annotations.
-import json
 import logging
 import socket
 import subprocess
@@ -24,6 +23,8 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
+
+from sft.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,10 @@ class AccelerateLauncher(Launcher):
 
 def _job_return(overrides: list[str], config: DictConfig, job_dir: Path, code: int) -> JobReturn:
     ret = JobReturn(overrides=overrides, cfg=config, working_dir=str(job_dir), task_name="train")
-    metrics = job_dir / "metrics.json"
-    if code == 0 and metrics.exists():
+    run = RunDir(job_dir)
+    if code == 0 and run.finished():
         ret.status = JobStatus.COMPLETED
-        ret.return_value = json.loads(metrics.read_text())["validation"][config.trainer.metric]
+        ret.return_value = run.read_metrics()["validation"][config.trainer.metric]
     else:
         ret.status = JobStatus.FAILED
         ret.return_value = RuntimeError(

@@ -1,5 +1,5 @@
 """The data layer: where examples come from (`sources`), how they split (`splits`), and how
-each modality turns them into model inputs (`text`)."""
+they reach the model in batches (`loaders`). How each modality encodes them: sft/modalities/."""
 
 from sft.data.sources import load_raw
 from sft.data.splits import LABELS, Splits, build_splits

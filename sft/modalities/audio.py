@@ -1,7 +1,8 @@
-"""Speech inputs: decode WAV/FLAC/OGG with soundfile (libsndfile ships in its wheel, so no FFmpeg
+"""Audio: decode WAV/FLAC/OGG with soundfile (libsndfile ships in its wheel, so no FFmpeg
 and no torchcodec), mix to mono, resample with soxr to the feature extractor's rate, crop or
 pad to `max_duration`, augment train clips (audiomentations), then the checkpoint's feature
-extractor. Batches are grouped by duration so little compute goes to padding."""
+extractor. Batches are grouped by duration so little compute goes to padding. Inputs to `predict`
+are audio files."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import datasets
 import numpy as np
 import soundfile
 import torch
+from transformers import AutoModelForAudioClassification
 
-from sft.data.inputs import Inputs, load_processor
+from sft.config import AugmentConfig, DataConfig
 from sft.data.splits import LABELS, Splits
 from sft.errors import SftError
+from sft.modalities import Inputs, load_processor
 
 DURATION = "duration"  # seconds; added by `encode`, read by the length-grouped sampler
 
@@ -37,9 +40,7 @@ class AudioInputs(Inputs):
         self.augment = augment
         self.processor = load_feature_extractor(checkpoint, revision)
         self.sampling_rate = int(self.processor.sampling_rate)
-        # Whisper-style extractors work on a fixed window (`n_samples`, 30 s) that the encoder
-        # requires whole; the rest pad each batch to its longest clip.
-        self.padding = "max_length" if hasattr(self.processor, "n_samples") else "longest"
+        self.padding = padding(self.processor)
 
     def encode(self, splits: Splits) -> Splits:
         """Check that every clip decodes and is not empty; record its duration."""
@@ -100,6 +101,12 @@ class AudioInputs(Inputs):
         return clip[start : start + keep]
 
 
+def padding(processor) -> str:
+    """How a feature extractor pads a batch. Whisper-style extractors work on a fixed window
+    (`n_samples`, 30 s) that the encoder requires whole; the rest pad to the longest clip."""
+    return "max_length" if hasattr(processor, "n_samples") else "longest"
+
+
 def load_audio(value: dict, sampling_rate: int) -> np.ndarray:
     """Mono float32 samples at `sampling_rate` from a `datasets.Audio(decode=False)` value."""
     import soxr
@@ -143,3 +150,86 @@ def load_feature_extractor(checkpoint: str, revision: str | None = None):
     return load_processor(
         AutoFeatureExtractor, checkpoint, revision, "feature extractor", "preprocessor_config.json"
     )
+
+
+def audio_augmenter(
+    gain_db: float = 0.0,
+    noise_snr_db: list[float] | tuple[float, float] | None = None,
+    shift: float = 0.0,
+    p: float = 0.5,
+) -> Callable[[np.ndarray, int], np.ndarray] | None:
+    """A function (samples, sampling_rate) -> augmented samples of the same length, or None
+    when every knob is off. Randomness comes from numpy's and Python's seeded RNGs."""
+    if not (gain_db or noise_snr_db or shift):
+        return None
+    import audiomentations as A
+
+    steps = []
+    if gain_db > 0:
+        steps.append(A.Gain(min_gain_db=-gain_db, max_gain_db=gain_db, p=p))
+    if noise_snr_db:
+        low, high = noise_snr_db
+        steps.append(A.AddGaussianSNR(min_snr_db=low, max_snr_db=high, p=p))
+    if shift > 0:
+        steps.append(A.Shift(min_shift=-shift, max_shift=shift, p=p))
+    pipeline = A.Compose(steps)
+
+    def augment(samples: np.ndarray, sampling_rate: int) -> np.ndarray:
+        return pipeline(samples=samples, sample_rate=sampling_rate)
+
+    return augment
+
+
+class AudioModality:
+    name = "audio"
+    column_key = "audio_column"
+    reads_files = True
+    usage_example = '"clip.wav"'
+    auto_class = AutoModelForAudioClassification
+
+    def model_types(self) -> set[str]:
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES as NAMES,
+        )
+
+        return set(NAMES)
+
+    def inputs(
+        self, checkpoint: str, revision: str | None, data: DataConfig, augment: AugmentConfig
+    ) -> AudioInputs:
+        a = augment
+        return AudioInputs(
+            checkpoint,
+            data.audio_column,
+            data.max_duration,
+            audio_augmenter(a.gain_db, a.noise_snr_db, a.shift, a.p),
+            revision,
+        )
+
+    def load_processor(self, checkpoint: str, revision: str | None = None):
+        return load_feature_extractor(checkpoint, revision)
+
+    def pipeline_options(self, ref: str) -> dict[str, Any]:
+        return {}
+
+    def reader(self, classifier: Any) -> Callable[[str], Any]:
+        # Decoded and resampled here: the pipeline resamples only through torchaudio.
+        rate = int(classifier.feature_extractor.sampling_rate)
+        return lambda path: {"raw": load_audio({"path": path}, rate), "sampling_rate": rate}
+
+    def call_options(self) -> dict[str, Any]:
+        return {}
+
+    def sample(self, processor, n: int) -> dict[str, torch.Tensor]:
+        rate = int(processor.sampling_rate)
+        rng = np.random.default_rng(n)
+        clips = [
+            0.1 * rng.standard_normal(rate // 2 + 800 * i * n).astype(np.float32) for i in range(n)
+        ]
+        features = processor(
+            clips, sampling_rate=rate, padding=padding(processor), return_tensors="pt"
+        )
+        return dict(features)
+
+
+MODALITY = AudioModality()

@@ -1,4 +1,5 @@
-"""Text inputs: the checkpoint's tokenizer, batched and cached tokenization, dynamic padding."""
+"""Text: the checkpoint's tokenizer, batched and cached tokenization, dynamic padding; inputs to
+`predict` are the texts themselves."""
 
 from __future__ import annotations
 
@@ -6,11 +7,18 @@ from collections.abc import Callable
 from typing import Any
 
 import datasets
-from transformers import AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    PreTrainedTokenizerBase,
+)
 
-from sft.data.inputs import Inputs, load_processor
+from sft.config import AugmentConfig, DataConfig
 from sft.data.splits import LABELS, Splits
 from sft.errors import SftError
+from sft.modalities import Inputs, load_processor
 
 
 class TextInputs(Inputs):
@@ -52,3 +60,42 @@ class TextInputs(Inputs):
 
 def load_tokenizer(checkpoint: str, revision: str | None = None) -> PreTrainedTokenizerBase:
     return load_processor(AutoTokenizer, checkpoint, revision, "tokenizer", "tokenizer.json")
+
+
+class TextModality:
+    name = "text"
+    column_key = "text_column"
+    reads_files = False
+    usage_example = '"Shares rose 5% after record quarterly profits."'
+    auto_class = AutoModelForSequenceClassification
+
+    def model_types(self) -> set[str]:
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as NAMES,
+        )
+
+        return set(NAMES)
+
+    def inputs(
+        self, checkpoint: str, revision: str | None, data: DataConfig, augment: AugmentConfig
+    ) -> TextInputs:
+        return TextInputs(checkpoint, data.text_column, data.max_length, revision)
+
+    def load_processor(self, checkpoint: str, revision: str | None = None):
+        return load_tokenizer(checkpoint, revision)
+
+    def pipeline_options(self, ref: str) -> dict[str, Any]:
+        return {}
+
+    def reader(self, classifier: Any) -> Callable[[str], Any]:
+        return lambda text: text
+
+    def call_options(self) -> dict[str, Any]:
+        return {"truncation": True}
+
+    def sample(self, processor, n: int) -> dict[str, torch.Tensor]:
+        texts = [" ".join(["example"] * (3 + 4 * i)) for i in range(n)]
+        return dict(processor(texts, padding=True, return_tensors="pt"))
+
+
+MODALITY = TextModality()

@@ -1,0 +1,96 @@
+"""From config to batches: raw data -> checked splits -> encoded inputs -> data loaders (with the
+train split's sampler: shuffled, balanced, or the modality's own)."""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from sft.config import AugmentConfig, DataConfig, ModelConfig, TrainerConfig
+from sft.data.sources import load_raw
+from sft.data.splits import LABELS, Splits, build_splits
+from sft.errors import SftError
+from sft.feature_cache import FeatureCache
+from sft.modalities import Inputs, Modality
+
+
+def load_data(
+    modality: Modality, model: ModelConfig, data: DataConfig, augment: AugmentConfig, seed: int
+) -> tuple[Splits, Inputs]:
+    """The checked, encoded splits of `data` and the `Inputs` that batch them."""
+    inputs = modality.inputs(model.checkpoint, model.revision, data, augment)
+    raw = load_raw_data(modality, data)
+    splits = build_splits(
+        raw,
+        source=data.path,
+        input_column=inputs.column,
+        label_column=data.label_column,
+        input_key=f"data.{modality.column_key}",
+        eval_fraction=data.eval_fraction,
+        test_fraction=data.test_fraction,
+        max_train_samples=data.max_train_samples,
+        max_eval_samples=data.max_eval_samples,
+        seed=seed,
+    )
+    return inputs.encode(splits), inputs
+
+
+def load_raw_data(modality: Modality, data: DataConfig) -> datasets.DatasetDict:
+    """Every split `data.path` holds, as read from it (see sft/data/sources.py)."""
+    return load_raw(
+        data.path,
+        name=data.name,
+        encodings=data.encodings,
+        input_column=getattr(data, modality.column_key),
+        label_column=data.label_column,
+        input_is_path=modality.reads_files,
+    )
+
+
+def loaders(
+    splits: Splits, inputs: Inputs, data: DataConfig, trainer: TrainerConfig, seed: int
+) -> tuple[DataLoader, DataLoader, DataLoader | None, torch.Generator]:
+    """Train, validation and test loaders (test None when there is no test split), and the
+    generator that shuffles the train split. Batches carry feature-cache keys when the split
+    has them (sft/feature_cache.py)."""
+    generator = torch.Generator().manual_seed(seed)
+    if data.sampler == "balanced":
+        sampler = balanced_sampler(splits.train[LABELS], generator)
+    elif data.sampler == "default":
+        sampler = inputs.sampler(splits.train, trainer.batch_size, generator)
+    else:
+        raise SftError(f"data.sampler={data.sampler} is not one of default, balanced")
+    train = DataLoader(
+        splits.train,
+        batch_size=trainer.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        collate_fn=FeatureCache.collator(inputs.collator(train=True)),
+        num_workers=data.num_workers,
+        generator=generator,
+    )
+    validation = eval_loader(splits.validation, inputs, trainer.eval_batch_size, data.num_workers)
+    test = None
+    if splits.test is not None:
+        test = eval_loader(splits.test, inputs, trainer.eval_batch_size, data.num_workers)
+    return train, validation, test, generator
+
+
+def eval_loader(ds, inputs: Inputs, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """Batches of `ds` in order, never augmented."""
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        collate_fn=FeatureCache.collator(inputs.collator(train=False)),
+        num_workers=num_workers,
+    )
+
+
+def balanced_sampler(labels, generator: torch.Generator) -> torch.utils.data.Sampler:
+    """Draws examples with probability 1 / (size of their class): classes equally often."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+    return torch.utils.data.WeightedRandomSampler(weights, len(labels), generator=generator)

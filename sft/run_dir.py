@@ -1,0 +1,121 @@
+"""The run directory: everything a run leaves behind, written so that nothing half-done looks done.
+Every module that reads or writes a run's files asks `RunDir` where they are.
+
+<run>/config.yaml     resolved config (written first)
+<run>/history.jsonl   one JSON row per logged train step and per evaluation
+<run>/param_groups.json  what trained, at which learning rate
+<run>/model/          Hugging Face format: safetensors, config with id2label, tokenizer
+<run>/metrics.json    final evaluation (written last: its presence means the run finished)
+<run>/plots/          loss.png, accuracy.png, confusion_matrix.png
+<run>/checkpoints/    the latest training checkpoints (sft/checkpoint.py)
+<run>/evaluations/<data>-<split>/  metrics.json and confusion_matrix.png of `sft.evaluate`
+<run>/onnx/           model.onnx, its config, processor and export.json (`sft.export`)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from sft.errors import SftError
+
+
+class RunDir:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.config = self.root / "config.yaml"
+        self.history = self.root / "history.jsonl"
+        self.param_groups = self.root / "param_groups.json"
+        self.model = self.root / "model"
+        self.metrics = self.root / "metrics.json"
+        self.plots = self.root / "plots"
+        self.checkpoints = self.root / "checkpoints"
+        self.evaluations = self.root / "evaluations"
+        self.onnx = self.root / "onnx"
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def holds_model(self) -> bool:
+        """A run directory with a saved model (as opposed to a bare model directory)."""
+        return self.model.is_dir() and self.config.is_file()
+
+    def finished(self) -> bool:
+        return self.metrics.is_file()
+
+    def read_config(self) -> DictConfig:
+        return OmegaConf.load(self.config)
+
+    def read_metrics(self) -> dict[str, Any]:
+        return json.loads(self.metrics.read_text())
+
+    def read_finished(self) -> tuple[DictConfig, dict[str, Any]]:
+        """The resolved config and final metrics; SftError if the run did not finish."""
+        for path in (self.config, self.metrics):
+            if not path.is_file():
+                raise SftError(
+                    f"{self.root} has no {path.name}: not the directory of a finished sft run "
+                    f"(finished runs hold config.yaml, metrics.json and model/)"
+                )
+        return self.read_config(), self.read_metrics()
+
+    def read_history(self) -> list[dict]:
+        if not self.history.exists():
+            return []
+        return [json.loads(line) for line in self.history.read_text().splitlines() if line]
+
+    # -- writing, in the order a run writes ---------------------------------------------------
+
+    def write_config(self, config: Any) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(OmegaConf.to_yaml(config, resolve=True))
+
+    def clear_results(self) -> None:
+        """Remove results of an earlier run in this directory, so none can pass for this run's."""
+        self.metrics.unlink(missing_ok=True)
+        shutil.rmtree(self.model, ignore_errors=True)
+        shutil.rmtree(self.plots, ignore_errors=True)
+
+    def start_history(self) -> None:
+        self.history.unlink(missing_ok=True)
+
+    def record(self, row: dict) -> None:
+        with self.history.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def truncate_history(self, rows: int) -> None:
+        """Keep the first `rows` rows (a resumed run writes those after its checkpoint again)."""
+        self.history.write_text("".join(f"{json.dumps(r)}\n" for r in self.read_history()[:rows]))
+
+    def write_param_groups(self, summary: dict) -> None:
+        write_json(self.param_groups, summary)
+
+    def write_results(self, save_model: Callable[[Path], None], result: dict[str, Any]) -> None:
+        """model/ (`save_model(directory)` writes it), plots/, then metrics.json last: its
+        presence says the run completed."""
+        from sft import plots
+
+        staging = self.root / "model.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        save_model(staging)
+        shutil.rmtree(self.model, ignore_errors=True)
+        staging.rename(self.model)
+        plots.plot_curves(self.read_history(), self.plots)
+        plots.plot_confusion(
+            result["confusion_matrix"],
+            result["labels"],
+            f"{result['split']} confusion matrix",
+            self.plots / "confusion_matrix.png",
+        )
+        staging = self.metrics.with_suffix(".partial")
+        write_json(staging, result)
+        staging.rename(self.metrics)
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
