@@ -24,6 +24,7 @@ import torch
 from accelerate import Accelerator
 
 from sft.errors import SftError
+from sft.run_dir import RunDir
 from sft.state import Progress
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,14 @@ _NAME = re.compile(r"step-(\d+)$")
 
 
 class Checkpoints:
-    def __init__(self, accelerator: Accelerator, root: Path, keep: int):
+    def __init__(self, accelerator: Accelerator, run: RunDir, keep: int):
         self.accelerator = accelerator
-        self.root = Path(root)  # RunDir.checkpoints
+        self.run = run
+        self.root = run.checkpoints
         self.keep = keep
 
-    def save(self, p: Progress, history_rows: int) -> Path:
+    def save(self, p: Progress) -> Path:
+        """Every process calls it at the same step (Accelerate saves each one's RNG state)."""
         acc = self.accelerator
         final = self.root / f"step-{p.step:08d}"
         partial = self.root / f".partial-{final.name}"
@@ -50,6 +53,7 @@ class Checkpoints:
         acc.save_state(str(partial))
         acc.wait_for_everyone()  # every process's RNG file is in place
         if acc.is_main_process:
+            history_rows = len(self.run.read_history())  # what a resumed run keeps of it
             torch.save({**p.state_dict(), "history_rows": history_rows}, partial / PROGRESS)
             files = {
                 str(f.relative_to(partial)): f.stat().st_size
@@ -101,16 +105,18 @@ class Checkpoints:
             )
         return path
 
-    def load(self, directory: Path, metric: str) -> tuple[Progress, int]:
-        """Restore model, optimizer, scheduler and RNGs from `directory`; returns the loop's
-        progress there and how many history rows the run had written by then."""
+    def load(self, directory: Path, metric: str) -> Progress:
+        """Restore model, optimizer, scheduler and RNGs from `directory`, cut the history back
+        to the rows written by then (the resumed run writes the later ones again); returns
+        the loop's progress there."""
         problem = incomplete(directory)
         if problem:
             raise SftError(f"resume={directory}: not a complete checkpoint ({problem})")
         self.accelerator.load_state(str(directory))
         state = torch.load(directory / PROGRESS, weights_only=False)  # our own file
-        progress = Progress.from_state_dict(state, metric, self.accelerator.device)
-        return progress, state["history_rows"]
+        if self.accelerator.is_main_process:
+            self.run.truncate_history(state["history_rows"])
+        return Progress.from_state_dict(state, metric, self.accelerator.device)
 
     def remove_all(self) -> None:
         if self.accelerator.is_main_process:
@@ -135,7 +141,8 @@ def incomplete(directory: Path) -> str | None:
 
 class Preemption:
     """Remembers a SIGTERM (how clusters preempt) so that training can checkpoint and stop at
-    the next step; every process stops at the same step."""
+    the next step; every process stops at the same step. A context manager: the previous
+    handler is back when it exits."""
 
     def __init__(self, accelerator: Accelerator):
         self.accelerator = accelerator
@@ -151,5 +158,8 @@ class Preemption:
         flag = torch.tensor([float(self.signalled)], device=self.accelerator.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
-    def restore(self) -> None:
+    def __enter__(self) -> Preemption:
+        return self
+
+    def __exit__(self, *exc) -> None:
         signal.signal(signal.SIGTERM, self._previous)

@@ -171,6 +171,16 @@ class GradualUnfreezing:
         return k
 
 
+def start_gradual(model: torch.nn.Module, ft: FinetuneConfig) -> GradualUnfreezing | None:
+    """For `finetune=gradual`, the schedule, with epoch 0's blocks frozen; else None. Call it
+    once the model is prepared: DDP ignores for good the parameters frozen when it wraps them."""
+    if ft.strategy != "gradual":
+        return None
+    unfreezer = GradualUnfreezing(inner_model(model), ft.every)
+    unfreezer.apply(0)
+    return unfreezer
+
+
 def _matching(params: dict, patterns, key: str) -> set[str]:
     matched = set()
     for pattern in patterns:
@@ -254,6 +264,14 @@ def train_mode(model: torch.nn.Module) -> None:
         params = list(module.parameters())
         if params and not any(p.requires_grad for p in params):
             module.eval()
+
+
+def to_save(model: torch.nn.Module, ft: FinetuneConfig) -> torch.nn.Module:
+    """The model as it is saved: LoRA adapters merged into a plain transformers model, unless
+    `finetune.merge=false` keeps them apart (a peft adapter)."""
+    if ft.strategy == "lora" and ft.merge:
+        return model.merge_and_unload()
+    return model
 
 
 def inner_model(model: torch.nn.Module) -> torch.nn.Module:

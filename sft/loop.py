@@ -69,7 +69,8 @@ def fit(
             if not accelerator.sync_gradients:
                 continue  # accumulating: no optimizer step yet
             scheduler.step()
-            run.count_step(scheduler)
+            run.count_step()
+            run.log_if_due(scheduler)
             run.evaluate_if_due()
             if run.done:
                 break
@@ -108,11 +109,14 @@ class _Run:
         p.running_loss.append(loss.detach())
         p.seen += size * self.accelerator.num_processes
 
-    def count_step(self, scheduler) -> None:
-        """One optimizer step taken: the progress bar, and a history row when one is due."""
-        p = self.p
-        p.step += 1
+    def count_step(self) -> None:
+        self.p.step += 1
         self.bar.update()
+
+    def log_if_due(self, scheduler) -> None:
+        """A history row every `log_every` steps and at the last: the mean training loss since
+        the last row, the learning rate, and examples per second (evaluation time excluded)."""
+        p = self.p
         if p.step % self.settings.log_every and p.step != self.total_steps:
             return
         seconds = time.perf_counter() - self.start - p.eval_seconds
@@ -175,6 +179,25 @@ class _Run:
         self.bar.close()
         seconds = self.p.seconds if preempted else time.perf_counter() - self.start
         return Outcome(self.p.step, self.p.best, seconds, preempted)
+
+
+def final_evaluations(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    outcome: Outcome,
+    eval_loader: DataLoader,
+    test_loader: DataLoader | None,
+) -> tuple[Evaluation, Evaluation]:
+    """Load the best weights into `model`; their validation result (already computed) and the
+    final one: on test when there is a test split, else validation again."""
+    validation = outcome.best.evaluation
+    if outcome.best.state is not None:
+        accelerator.unwrap_model(model).load_state_dict(outcome.best.state)
+    else:  # no finite evaluation: report the last weights as they are
+        validation = evaluate(accelerator, model, eval_loader)
+    if test_loader is None:
+        return validation, validation
+    return validation, evaluate(accelerator, model, accelerator.prepare(test_loader))
 
 
 @torch.no_grad()

@@ -53,3 +53,14 @@ def report(predictions: np.ndarray, references: np.ndarray, labels: list[str]) -
         "labels": labels,
         "confusion_matrix": confusion_matrix(references, predictions, labels=ids).tolist(),
     }
+
+
+def final_report(final: Any, validation: Any, labels: list[str], split: str) -> dict[str, Any]:
+    """metrics.json's scores: the `report` of the final evaluation (an `sft.state.Evaluation`)
+    on `split`, its loss, and the best checkpoint's validation scores."""
+    return {
+        "split": split,
+        **report(final.predictions, final.references, labels),
+        "loss": final.loss,
+        "validation": {"loss": validation.loss, **validation.scores},
+    }

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from sft.config import OptimizerConfig, SchedulerConfig
+from sft.config import OptimizerConfig, SchedulerConfig, TrainerConfig
 from sft.errors import SftError
 from sft.finetune import find_layout, layout_or_none
 
@@ -125,10 +125,32 @@ def make_optimizer(groups: list[dict], settings: OptimizerConfig) -> torch.optim
     )
 
 
-def total_steps(batches_per_epoch: int, grad_accum_steps: int, epochs: int, max_steps: int | None):
-    """Optimizer steps to take, and how many make an epoch."""
-    steps_per_epoch = math.ceil(batches_per_epoch / grad_accum_steps)
-    return max_steps or epochs * steps_per_epoch, steps_per_epoch
+def schedule(
+    settings: SchedulerConfig,
+    trainer: TrainerConfig,
+    optimizer,
+    batches_per_epoch: int,
+    accelerator,
+):
+    """How many optimizer steps to take, and the learning-rate scheduler over them; logs the
+    plan, global batch included."""
+    t = trainer
+    steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum_steps)
+    total_steps = t.max_steps or t.epochs * steps_per_epoch
+    processes = accelerator.num_processes
+    log.info(
+        "training %d steps (%.1f epochs): batch %d per process x %d processes x %d accumulation "
+        "= %d examples per step; precision %s on %s",
+        total_steps,
+        total_steps / steps_per_epoch,
+        t.batch_size,
+        processes,
+        t.grad_accum_steps,
+        t.batch_size * processes * t.grad_accum_steps,
+        accelerator.mixed_precision,
+        accelerator.device,
+    )
+    return total_steps, make_scheduler(settings, optimizer, total_steps)
 
 
 def make_scheduler(settings: SchedulerConfig, optimizer: torch.optim.Optimizer, total_steps: int):

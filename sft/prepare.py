@@ -15,7 +15,6 @@ The Makefile runs these (`make data-images`, `make data-speech`); users online n
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import itertools
 import logging
@@ -26,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from sft import cli
 
 log = logging.getLogger("sft.prepare")
 
@@ -112,114 +113,77 @@ def spoken_digits(out: Path, speeds=(130, 175), pitches=(35, 70)) -> Path:
     return out
 
 
+# Tiny classifiers built from configs, by kind: (config class, its settings, model class,
+# processor class, its settings), all from transformers. `image` settings take the image size.
+def _tiny_specs(image_size: int, channels: int) -> dict[str, tuple]:
+    norm = {"image_mean": [0.5] * channels, "image_std": [0.5] * channels}
+    square = {"height": image_size, "width": image_size}
+    return {
+        "vit": (
+            "ViTConfig",
+            dict(image_size=image_size, patch_size=4, hidden_size=64, num_hidden_layers=4,
+                 num_attention_heads=4, intermediate_size=128, num_channels=channels),
+            "ViTForImageClassification",
+            "ViTImageProcessor",
+            dict(size=square, **norm),
+        ),
+        "resnet": (
+            "ResNetConfig",
+            dict(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                 layer_type="basic", num_channels=channels),
+            "ResNetForImageClassification",
+            "ConvNextImageProcessor",
+            dict(size={"shortest_edge": image_size}, crop_pct=1.0, **norm),
+        ),
+        "efficientnet": (
+            "EfficientNetConfig",
+            # hidden_dim = the top conv's width at these coefficients
+            dict(image_size=image_size, width_coefficient=0.25, depth_coefficient=0.25,
+                 hidden_dim=320, num_channels=channels),
+            "EfficientNetForImageClassification",
+            "EfficientNetImageProcessor",
+            dict(size=square, **norm),
+        ),
+        "wav2vec2": (
+            "Wav2Vec2Config",
+            # Layer-norm variant (as wav2vec2-large-lv60): padding with an attention mask then
+            # leaves each clip's outputs unchanged, so batched and single-clip predictions
+            # agree. The convolutions give one frame per 80 samples (5 ms at 16 kHz).
+            dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=128, feat_extract_norm="layer", do_stable_layer_norm=True,
+                 conv_dim=(32, 32, 32), conv_kernel=(10, 8, 8), conv_stride=(5, 4, 4),
+                 num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                 classifier_proj_size=64),
+            "Wav2Vec2ForSequenceClassification",
+            "Wav2Vec2FeatureExtractor",
+            dict(sampling_rate=16000, return_attention_mask=True),
+        ),
+        "whisper": (
+            "WhisperConfig",
+            dict(d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                 decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64,
+                 num_mel_bins=80),
+            "WhisperForAudioClassification",
+            "WhisperFeatureExtractor",
+            dict(feature_size=80),
+        ),
+    }  # fmt: skip
+
+
+TINY_KINDS = tuple(_tiny_specs(32, 3))
+
+
 def tiny_model(kind: str, out: Path, image_size: int = 32, num_channels: int = 3) -> Path:
-    """A small, randomly initialised `kind` (vit | resnet) classifier plus image processor."""
-    from transformers import (
-        ConvNextImageProcessor,
-        ResNetConfig,
-        ResNetForImageClassification,
-        ViTConfig,
-        ViTForImageClassification,
-        ViTImageProcessor,
-    )
+    """A small, randomly initialised `kind` classifier (one of TINY_KINDS) and its processor."""
+    import transformers
 
-    if kind == "vit":
-        config = ViTConfig(
-            image_size=image_size,
-            patch_size=4,
-            hidden_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            intermediate_size=128,
-            num_channels=num_channels,
-        )
-        model = ViTForImageClassification(config)
-        processor = ViTImageProcessor(
-            size={"height": image_size, "width": image_size},
-            image_mean=[0.5] * num_channels,
-            image_std=[0.5] * num_channels,
-        )
-    elif kind == "resnet":
-        config = ResNetConfig(
-            embedding_size=16,
-            hidden_sizes=[16, 32, 64, 128],
-            depths=[1, 1, 1, 1],
-            layer_type="basic",
-            num_channels=num_channels,
-        )
-        model = ResNetForImageClassification(config)
-        processor = ConvNextImageProcessor(
-            size={"shortest_edge": image_size},
-            crop_pct=1.0,
-            image_mean=[0.5] * num_channels,
-            image_std=[0.5] * num_channels,
-        )
-    elif kind == "efficientnet":
-        from transformers import (
-            EfficientNetConfig,
-            EfficientNetForImageClassification,
-            EfficientNetImageProcessor,
-        )
-
-        config = EfficientNetConfig(
-            image_size=image_size,
-            width_coefficient=0.25,
-            depth_coefficient=0.25,
-            hidden_dim=320,  # = the top conv's width at these coefficients
-            num_channels=num_channels,
-        )
-        model = EfficientNetForImageClassification(config)
-        processor = EfficientNetImageProcessor(
-            size={"height": image_size, "width": image_size},
-            image_mean=[0.5] * num_channels,
-            image_std=[0.5] * num_channels,
-        )
-    elif kind == "wav2vec2":
-        from transformers import (
-            Wav2Vec2Config,
-            Wav2Vec2FeatureExtractor,
-            Wav2Vec2ForSequenceClassification,
-        )
-
-        # Layer-norm variant (as wav2vec2-large-lv60): padding with an attention mask then
-        # leaves each clip's outputs unchanged, so batched and single-clip predictions agree.
-        config = Wav2Vec2Config(
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=128,
-            feat_extract_norm="layer",
-            do_stable_layer_norm=True,
-            conv_dim=(32, 32, 32),
-            conv_kernel=(10, 8, 8),
-            conv_stride=(5, 4, 4),  # one frame per 80 samples (5 ms at 16 kHz)
-            num_conv_pos_embeddings=16,
-            num_conv_pos_embedding_groups=4,
-            classifier_proj_size=64,
-        )
-        model = Wav2Vec2ForSequenceClassification(config)
-        processor = Wav2Vec2FeatureExtractor(sampling_rate=16000, return_attention_mask=True)
-    elif kind == "whisper":
-        from transformers import (
-            WhisperConfig,
-            WhisperFeatureExtractor,
-            WhisperForAudioClassification,
-        )
-
-        config = WhisperConfig(
-            d_model=32,
-            encoder_layers=2,
-            encoder_attention_heads=2,
-            encoder_ffn_dim=64,
-            decoder_layers=1,
-            decoder_attention_heads=2,
-            decoder_ffn_dim=64,
-            num_mel_bins=80,
-        )
-        model = WhisperForAudioClassification(config)
-        processor = WhisperFeatureExtractor(feature_size=80)
-    else:
+    specs = _tiny_specs(image_size, num_channels)
+    if kind not in specs:
         raise ValueError(f"unknown tiny model kind '{kind}'; see `python -m sft.prepare -h`")
+    config_class, settings, model_class, processor_class, processor_settings = specs[kind]
+    config = getattr(transformers, config_class)(**settings)
+    model = getattr(transformers, model_class)(config)
+    processor = getattr(transformers, processor_class)(**processor_settings)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     log.info("wrote %s", out)
@@ -227,10 +191,7 @@ def tiny_model(kind: str, out: Path, image_size: int = 32, num_channels: int = 3
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parser = argparse.ArgumentParser(
-        prog="python -m sft.prepare", description=__doc__.split("\n")[0]
-    )
+    parser = cli.parser("sft.prepare", __doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     fm = commands.add_parser("fashion-mnist", help="Fashion-MNIST idx files -> imagefolder")
     fm.add_argument("--source", type=Path, required=True, help="folder with *-idx?-ubyte.gz")
@@ -240,10 +201,13 @@ def main(argv: list[str] | None = None) -> None:
     sd = commands.add_parser("spoken-digits", help="espeak-ng digits -> audiofolder")
     sd.add_argument("--out", type=Path, required=True)
     tm = commands.add_parser("tiny-model", help="a small classifier from a config")
-    tm.add_argument("kind", choices=["vit", "resnet", "efficientnet", "wav2vec2", "whisper"])
+    tm.add_argument("kind", choices=TINY_KINDS)
     tm.add_argument("--out", type=Path, required=True)
     tm.add_argument("--image-size", type=int, default=32)
-    args = parser.parse_args(argv)
+    cli.run(parser, _prepare, argv)
+
+
+def _prepare(args) -> None:
     if args.command == "fashion-mnist":
         fashion_mnist(args.source, args.out, args.train_per_class, args.test_per_class)
     elif args.command == "spoken-digits":

@@ -33,6 +33,18 @@ def log_with(name: str) -> str | None:
     return name
 
 
+def recorder(accelerator: Any, run: Any) -> Any:
+    """The loop's `record(row)`: each history row into <run>/history.jsonl and the tracker,
+    from rank 0 only (`run` is the RunDir)."""
+
+    def record(row: dict[str, Any]) -> None:
+        if accelerator.is_main_process:
+            run.record(row)
+            accelerator.log(scalars(row), step=row.get("step"))
+
+    return record
+
+
 def start(accelerator: Any, name: str, cfg: Any) -> None:
     """Start the tracker `log_with(name)` chose, with the run's config as hyper-parameters."""
     # TensorBoard writes to <project_dir>/<project name>: <run>/tensorboard/.

@@ -39,11 +39,11 @@ class Job:
     model: Any
     param_groups: dict  # optim.describe's summary, for param_groups.json and the log
     optimizer: Any
-    train_loader: Any
-    val_loader: Any
-    test_loader: Any  # None without a test split
-    shuffle: Any  # the torch.Generator that shuffles train; reseeded each epoch
+    loaders: Any  # sft.data.loaders.Loaders: train and validation prepared by Accelerate
     cache: Any  # sft.feature_cache.FeatureCache, or None
+    # finetune=gradual's schedule: started only once the model is prepared, because DDP
+    # ignores for good the parameters that are frozen when it wraps the model.
+    unfreezer: Any
 
 
 def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
@@ -69,7 +69,7 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         log.info("%s holds a finished run (metrics.json): nothing to do", out.root)
         accelerator.end_training()
         return out.read_metrics()
-    checkpoints = Checkpoints(accelerator, out.checkpoints, cfg.trainer.keep_checkpoints)
+    checkpoints = Checkpoints(accelerator, out, cfg.trainer.keep_checkpoints)
     resume_from = checkpoints.resume_point(cfg.resume)
     if accelerator.is_main_process:
         out.write_config(cfg)
@@ -123,10 +123,6 @@ def build(cfg: schema.Config, accelerator) -> Job:
     groups = optim.param_groups(
         finetune.inner_model(model), o.lr, o.weight_decay, o.head_lr, o.layer_decay
     )
-    summary = optim.describe(groups)
-    log.info(
-        "parameter groups (finetune=%s):\n%s", cfg.finetune.strategy, optim.format_table(summary)
-    )
     cache = None
     if cfg.finetune.cache_features and not cfg.dry_run:
         cache = FeatureCache.create(
@@ -134,65 +130,37 @@ def build(cfg: schema.Config, accelerator) -> Job:
         )
     if cache is not None:
         splits = cache.index(splits)
-    train_loader, val_loader, test_loader, shuffle = loaders(
-        splits, inputs, cfg.data, cfg.trainer, cfg.seed
-    )
+    data = loaders(splits, inputs, cfg.data, cfg.trainer, cfg.seed)
     optimizer = optim.make_optimizer(groups, cfg.optimizer)
-    model, optimizer, train_loader, val_loader = accelerator.prepare(
-        model, optimizer, train_loader, val_loader
+    model, optimizer, train, validation = accelerator.prepare(
+        model, optimizer, data.train, data.validation
     )
-    return Job(
-        splits,
-        inputs,
-        model,
-        summary,
-        optimizer,
-        train_loader,
-        val_loader,
-        test_loader,
-        shuffle,
-        cache,
+    data = data._replace(train=train, validation=validation)
+    unfreezer = finetune.start_gradual(accelerator.unwrap_model(model), cfg.finetune)
+    summary = optim.describe(groups)  # as training starts: after gradual's first freeze
+    log.info(
+        "parameter groups (finetune=%s):\n%s", cfg.finetune.strategy, optim.format_table(summary)
     )
+    return Job(splits, inputs, model, summary, optimizer, data, cache, unfreezer)
 
 
 def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, resume_from):
     """Train (from a checkpoint when there is one), then evaluate the best weights on validation
     and test; returns the metrics. SIGTERM ends it with `Preempted` after a checkpoint."""
-    from sft import finetune, loop, optim, trackers
+    from sft import loop, optim, trackers
     from sft.checkpoint import Preemption
     from sft.loss import class_weights, cross_entropy
-    from sft.metrics import report
+    from sft.metrics import final_report
 
     t = cfg.trainer
-    total_steps, per_epoch = optim.total_steps(
-        len(job.train_loader), t.grad_accum_steps, t.epochs, t.max_steps
+    total_steps, scheduler = optim.schedule(
+        cfg.scheduler, t, job.optimizer, len(job.loaders.train), accelerator
     )
-    scheduler = optim.make_scheduler(cfg.scheduler, job.optimizer, total_steps)
     accelerator.register_for_checkpointing(scheduler)
-    log.info(
-        "training %d steps (%.1f epochs): batch %d per process x %d processes x %d accumulation "
-        "= %d examples per step; precision %s on %s",
-        total_steps,
-        total_steps / per_epoch,
-        t.batch_size,
-        accelerator.num_processes,
-        t.grad_accum_steps,
-        t.batch_size * accelerator.num_processes * t.grad_accum_steps,
-        accelerator.mixed_precision,
-        accelerator.device,
-    )
-    # Gradual unfreezing freezes only now: DDP, wrapping the model in `build`, ignores for good
-    # the parameters that were frozen when it was built.
-    unfreezer = None
-    if cfg.finetune.strategy == "gradual":
-        inner = finetune.inner_model(accelerator.unwrap_model(job.model))
-        unfreezer = finetune.GradualUnfreezing(inner, cfg.finetune.every)
-        unfreezer.apply(0)
+    unfreezer = job.unfreezer
     progress = None
     if resume_from is not None:
-        progress, history_rows = checkpoints.load(resume_from, t.metric)
-        if accelerator.is_main_process:
-            out.truncate_history(history_rows)  # rows written after the checkpoint come again
+        progress = checkpoints.load(resume_from, t.metric)
         log.info("resuming from %s (step %d, epoch %d)", resume_from, progress.step, progress.epoch)
     if job.cache is not None:  # every process caches every example: keys are global
         with accelerator.autocast():  # the precision training would compute them in
@@ -204,68 +172,54 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
                 cfg.finetune.cache_max_gib,
                 progress=t.progress and accelerator.is_main_process,
             )
-
-    def record(row: dict) -> None:  # history.jsonl and the tracker, from rank 0 only
-        if accelerator.is_main_process:
-            out.record(row)
-            accelerator.log(trackers.scalars(row), step=row.get("step"))
+    record = trackers.recorder(accelerator, out)
 
     def on_epoch(epoch: int, resumed: bool) -> None:
         # Each epoch's shuffle depends on the seed and the epoch alone: a resumed run draws it
         # again and skips what it already trained on.
-        job.shuffle.manual_seed(cfg.seed + epoch)
+        job.loaders.shuffle.manual_seed(cfg.seed + epoch)
         if unfreezer is not None:
             blocks = unfreezer.apply(epoch)
             if not resumed:
                 record({"kind": "unfreeze", "epoch": epoch, "blocks_training": blocks})
             log.info("epoch %d: %d of %d blocks train", epoch, blocks, len(unfreezer.layout.blocks))
 
-    def checkpoint(p) -> None:
-        checkpoints.save(p, len(out.read_history()) if accelerator.is_main_process else 0)
-
     keep = t.keep_checkpoints > 0
-    preemption = Preemption(accelerator) if keep else None
     labels = job.splits.labels
     weights = class_weights(cfg.loss.class_weights, job.splits.train["labels"], len(labels))
     # Validation batches carry cache keys: evaluate them within `serving` too.
-    with job.cache.serving() if job.cache is not None else nullcontext():
+    with (
+        job.cache.serving() if job.cache is not None else nullcontext(),
+        Preemption(accelerator) if keep else nullcontext() as preempted,
+    ):
         outcome = loop.fit(
             accelerator,
             job.model,
             job.optimizer,
             scheduler,
-            job.train_loader,
-            job.val_loader,
+            job.loaders.train,
+            job.loaders.validation,
             t,
             total_steps,
             record,
             cross_entropy(weights, cfg.loss.label_smoothing),
             on_epoch,
             resume=progress,
-            checkpoint=checkpoint if keep else None,
-            should_stop=preemption,
+            checkpoint=checkpoints.save if keep else None,
+            should_stop=preempted,
         )
-        if preemption is not None:
-            preemption.restore()
         if outcome.preempted:
             accelerator.end_training()
             raise Preempted(
                 f"stopped by SIGTERM at step {outcome.steps}; checkpoint saved in "
                 f"{checkpoints.root}. Run the same command again to continue (resume=auto)"
             )
-        validation = outcome.best.evaluation
-        if outcome.best.state is not None:
-            accelerator.unwrap_model(job.model).load_state_dict(outcome.best.state)
-        else:  # no finite evaluation: report the last weights as they are
-            validation = loop.evaluate(accelerator, job.model, job.val_loader)
-        final = validation
-        if job.test_loader is not None:
-            final = loop.evaluate(accelerator, job.model, accelerator.prepare(job.test_loader))
+        validation, final = loop.final_evaluations(
+            accelerator, job.model, outcome, job.loaders.validation, job.loaders.test
+        )
+    split = "test" if job.loaders.test is not None else "validation"
     result = {
-        "split": "test" if job.test_loader is not None else "validation",
-        **report(final.predictions, final.references, labels),
-        "loss": final.loss,
-        "validation": {"loss": validation.loss, **validation.scores},
+        **final_report(final, validation, labels, split),
         "best_step": outcome.best.step,
         "steps": outcome.steps,
         "train_seconds": round(outcome.train_seconds, 1),
@@ -277,8 +231,9 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
 
 def finish(cfg: schema.Config, out: RunDir, model, processor, result: dict[str, Any]) -> None:
     """Rank 0: the model (LoRA merged unless told not to), plots and metrics; then the push."""
-    if cfg.finetune.strategy == "lora" and cfg.finetune.merge:
-        model = model.merge_and_unload()  # a plain transformers model to save
+    from sft.finetune import to_save
+
+    model = to_save(model, cfg.finetune)
 
     def save(directory: Path) -> None:
         model.save_pretrained(directory, safe_serialization=True)
@@ -286,13 +241,9 @@ def finish(cfg: schema.Config, out: RunDir, model, processor, result: dict[str, 
 
     out.write_results(save, result)
     log.info(
-        "%s: accuracy %.4f, macro-F1 %.4f on %d examples; trained %d steps in %.0f s",
-        result["split"],
-        result["accuracy"],
-        result["f1"],
-        result["num_examples"],
-        result["steps"],
-        result["train_seconds"],
+        "%(split)s: accuracy %(accuracy).4f, macro-F1 %(f1).4f on %(num_examples)d examples; "
+        "trained %(steps)d steps in %(train_seconds).0f s",
+        result,
     )
     log.info("run directory: %s", out.root)
     if cfg.push_to_hub:

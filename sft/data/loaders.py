@@ -3,6 +3,8 @@ train split's sampler: shuffled, balanced, or the modality's own)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import datasets
 import numpy as np
 import torch
@@ -49,12 +51,18 @@ def load_raw_data(modality: Modality, data: DataConfig) -> datasets.DatasetDict:
     )
 
 
+class Loaders(NamedTuple):
+    train: DataLoader
+    validation: DataLoader
+    test: DataLoader | None  # None without a test split
+    shuffle: torch.Generator  # shuffles train; reseeded each epoch (exact resume)
+
+
 def loaders(
     splits: Splits, inputs: Inputs, data: DataConfig, trainer: TrainerConfig, seed: int
-) -> tuple[DataLoader, DataLoader, DataLoader | None, torch.Generator]:
-    """Train, validation and test loaders (test None when there is no test split), and the
-    generator that shuffles the train split. Batches carry feature-cache keys when the split
-    has them (sft/feature_cache.py)."""
+) -> Loaders:
+    """Train, validation and test loaders, and the generator that shuffles the train split.
+    Batches carry feature-cache keys when the split has them (sft/feature_cache.py)."""
     generator = torch.Generator().manual_seed(seed)
     if data.sampler == "balanced":
         sampler = balanced_sampler(splits.train[LABELS], generator)
@@ -75,7 +83,7 @@ def loaders(
     test = None
     if splits.test is not None:
         test = eval_loader(splits.test, inputs, trainer.eval_batch_size, data.num_workers)
-    return train, validation, test, generator
+    return Loaders(train, validation, test, generator)
 
 
 def eval_loader(ds, inputs: Inputs, batch_size: int, num_workers: int = 0) -> DataLoader:

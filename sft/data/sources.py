@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import datasets
+from datasets.exceptions import DatasetsError
 
 from sft.errors import SftError
 
@@ -30,6 +31,10 @@ MEDIA = {
     **dict.fromkeys([".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"], "image"),
     **dict.fromkeys([".wav", ".flac", ".ogg", ".aiff", ".aif"], "audio"),
 }
+# What `datasets.load_dataset` raises for data it cannot find or read: DatasetsError (it wraps
+# the reader's own error in DatasetGenerationError), OSError (missing files, no such hub
+# dataset, no network), ValueError (malformed CSV/JSON, a wrong configuration name).
+READ_ERRORS = (DatasetsError, OSError, ValueError)
 SPLIT_NAMES = {
     "train": "train",
     "training": "train",
@@ -155,7 +160,7 @@ def _load_files(
             options["encoding"] = encoding
         try:
             return datasets.load_dataset(builder, data_files=data_files, **options)
-        except Exception as err:  # datasets wraps reader errors in DatasetGenerationError
+        except READ_ERRORS as err:
             if not _caused_by(err, UnicodeDecodeError):
                 raise SftError(f"could not read {_describe(files)}: {_root_cause(err)}") from err
     culprit = next((f for f in files if _decode(f.read_bytes(), encodings) is None), files[0])
@@ -236,7 +241,7 @@ def _encoding_message(file: Path, encodings: list[str] | tuple[str, ...]) -> str
 def _load_hub(path: str, name: str | None) -> datasets.DatasetDict:
     try:
         loaded = datasets.load_dataset(path, name)
-    except Exception as err:
+    except READ_ERRORS as err:
         raise SftError(
             f"data.path '{path}' is neither a local file or directory nor a dataset the hub "
             f"could serve ({_root_cause(err)}); check the path or hub id"

@@ -1,0 +1,47 @@
+"""The rule every command ends by: bad input is one `error:` line and exit 2, a preemption exits
+0 with its message, and anything else is a bug that keeps its traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from sft import cli
+from sft.errors import Preempted, SftError
+
+
+def test_user_error_is_one_line_and_exit_status_2(capsys):
+    with pytest.raises(SystemExit) as stop, cli.exits_on_user_error():
+        raise SftError("data.path 'x' does not exist; point data.path at a file")
+    assert stop.value.code == 2
+    assert (
+        capsys.readouterr().err
+        == "error: data.path 'x' does not exist; point data.path at a file\n"
+    )
+
+
+def test_preemption_exits_cleanly_with_its_message(capsys):
+    with pytest.raises(SystemExit) as stop, cli.exits_on_user_error():
+        raise Preempted("stopped by SIGTERM at step 4; run the same command again")
+    assert stop.value.code == 0
+    assert "run the same command again" in capsys.readouterr().err
+
+
+def test_a_bug_is_not_turned_into_a_user_error():
+    with pytest.raises(ZeroDivisionError), cli.exits_on_user_error():
+        _ = 1 / 0
+
+
+def test_run_prints_the_answer_and_logs(capsys):
+    parser = cli.parser("sft.example", "An example.")
+    parser.add_argument("name")
+    cli.run(parser, lambda args: f"hello {args.name}", ["world"])
+    assert capsys.readouterr().out == "hello world\n"
+
+
+def test_run_turns_bad_input_into_exit_2(capsys):
+    def work(args):
+        raise SftError("no such run")
+
+    with pytest.raises(SystemExit) as stop:
+        cli.run(cli.parser("sft.example", "An example."), work, [])
+    assert stop.value.code == 2 and "error: no such run" in capsys.readouterr().err
