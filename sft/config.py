@@ -150,7 +150,7 @@ class LoggerConfig:
 
 @dataclass
 class HubConfig:
-    """Where `push_to_hub=true` publishes the finished run (see sft/push.py)."""
+    """Where `push_to_hub=true` publishes the finished run (see sft/hub.py)."""
 
     repo_id: str | None = None  # user/name or org/name
     private: bool = False

@@ -54,13 +54,13 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     """
     from accelerate.utils import set_seed
 
-    from sft import push
+    from sft import hub
     from sft.accelerator import make_accelerator
     from sft.checkpoint import Checkpoints
 
     schema.validate(cfg)
     if cfg.push_to_hub and not cfg.dry_run:
-        push.check_online()  # fail now, not after training
+        hub.check_online()  # fail now, not after training
     gradual = cfg.finetune.strategy == "gradual"
     accelerator = make_accelerator(cfg.trainer, cfg.logger.name, run_dir, unfreezes_later=gradual)
     set_seed(cfg.seed)
@@ -247,7 +247,7 @@ def finish(cfg: schema.Config, out: RunDir, model, processor, result: dict[str, 
     )
     log.info("run directory: %s", out.root)
     if cfg.push_to_hub:
-        from sft.push import push_finished
+        from sft.hub import push_finished
 
         result["pushed_to"] = push_finished(out, cfg.hub.repo_id, cfg.hub.private)
 
