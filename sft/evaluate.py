@@ -23,7 +23,11 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_model(
-    source: str, overrides: list[str], split: str | None, output_dir: Path | None
+    source: str,
+    overrides: list[str],
+    split: str | None,
+    output_dir: Path | None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Metrics of the model in `source` on the data the overrides name; writes them out."""
     from accelerate import Accelerator
@@ -50,7 +54,7 @@ def evaluate_model(
     model, loader = accelerator.prepare(
         model, eval_loader(encoded, inputs, cfg.trainer.eval_batch_size)
     )
-    result = loop.evaluate(accelerator, model, loader)
+    result = loop.evaluate(accelerator, model, loader, progress)
     report = {
         "split": split,
         "data": cfg.data.path,
@@ -122,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model", help="run directory or model directory")
     parser.add_argument("args", nargs="*", help="data.<key>=<value> overrides, then a split name")
     parser.add_argument("--output-dir", type=Path)
+    parser.add_argument("--no-progress", action="store_true")
     cli.run(parser, _evaluate, argv)
 
 
@@ -132,7 +137,8 @@ def _evaluate(args) -> None:
         raise SftError(f"one split at most, got {splits}")
     if not any(o.startswith("data.path=") for o in overrides):
         raise SftError("name the data to evaluate on: data.path=<hub id, file or directory>")
-    evaluate_model(args.model, overrides, splits[0] if splits else None, args.output_dir)
+    split = splits[0] if splits else None
+    evaluate_model(args.model, overrides, split, args.output_dir, not args.no_progress)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,14 @@ points at another hub (a company mirror, or a test server).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
 import tempfile
 from pathlib import Path
 
 from sft.card import model_card
-from sft.errors import SftError
+from sft.errors import SftError, first_line
 from sft.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -74,14 +75,29 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False) -> str:
                     f"the hub at {api.endpoint} refused the upload to {repo_id} (HTTP {status}); "
                     f"set HF_TOKEN to a token with write access, or run `hf auth login`"
                 ) from err
-            raise SftError(f"pushing to {repo_id} at {api.endpoint} failed: {err}") from err
-        except OSError as err:  # connection refused, DNS, timeouts
+            raise SftError(
+                f"the hub at {api.endpoint} answered HTTP {status} to the upload to {repo_id} "
+                f"({first_line(err)}); retry later, or check HF_ENDPOINT"
+            ) from err
+        except _connection_errors() as err:  # refused, DNS, timeouts
             raise SftError(
                 f"cannot reach the hub at {api.endpoint} ({type(err).__name__}); check the network "
                 f"or HF_ENDPOINT"
             ) from err
     log.info("pushed %s to %s", run.root, commit.commit_url)
     return commit.commit_url
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """What the hub client raises when it reaches no server: OSError, and its HTTP library's
+    transport errors (httpx2 under huggingface_hub 2, httpx under 1), which are not OSErrors."""
+    found: list[type[BaseException]] = [OSError]
+    for name in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
 
 
 def _stage(run: RunDir, repo_id: str, into: Path) -> Path:

@@ -133,7 +133,7 @@ class _Run:
         if p.step % self.eval_every and p.step != self.total_steps:
             return
         eval_start = time.perf_counter()
-        result = evaluate(self.accelerator, self.model, self.eval_loader)
+        result = evaluate(self.accelerator, self.model, self.eval_loader, self.settings.progress)
         p.eval_seconds += time.perf_counter() - eval_start
         improved = p.best.update(result, p.step, self.accelerator.unwrap_model(self.model))
         self.record(_eval_row(p.step, p.epoch, result, improved))
@@ -187,6 +187,7 @@ def final_evaluations(
     outcome: Outcome,
     eval_loader: DataLoader,
     test_loader: DataLoader | None,
+    progress: bool = False,
 ) -> tuple[Evaluation, Evaluation]:
     """Load the best weights into `model`; their validation result (already computed) and the
     final one: on test when there is a test split, else validation again."""
@@ -194,20 +195,24 @@ def final_evaluations(
     if outcome.best.state is not None:
         accelerator.unwrap_model(model).load_state_dict(outcome.best.state)
     else:  # no finite evaluation: report the last weights as they are
-        validation = evaluate(accelerator, model, eval_loader)
+        validation = evaluate(accelerator, model, eval_loader, progress)
     if test_loader is None:
         return validation, validation
-    return validation, evaluate(accelerator, model, accelerator.prepare(test_loader))
+    return validation, evaluate(accelerator, model, accelerator.prepare(test_loader), progress)
 
 
 @torch.no_grad()
-def evaluate(accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader) -> Evaluation:
+def evaluate(
+    accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader, progress: bool = False
+) -> Evaluation:
     """Loss, predictions and scores over every example of `loader`, each counted once across
-    processes (`gather_for_metrics` drops the padding a distributed sampler adds)."""
+    processes (`gather_for_metrics` drops the padding a distributed sampler adds); with a
+    progress bar (rank 0) when `progress`."""
     was_training = model.training
     model.eval()
     logits, references = [], []
-    for batch in loader:
+    show = progress and accelerator.is_main_process
+    for batch in tqdm(loader, desc="evaluate", leave=False, disable=not show):
         batch_logits, batch_labels = accelerator.gather_for_metrics(
             (logits_of(model, batch), batch["labels"])
         )

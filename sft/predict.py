@@ -46,6 +46,9 @@ def collect(inputs: list[str], modality: Modality, column: str) -> list[tuple[st
                     f"{', '.join(s for s, k in MEDIA.items() if k == kind)})"
                 )
             items.append(_file_item(path, modality))
+        elif path.suffix.lower() in FORMATS or path.suffix.lower() in MEDIA:
+            # Named like a file: a typo in a path must not be classified as a text.
+            raise SftError(f"{arg} does not exist; check the path (texts are given as they are)")
         elif not modality.reads_files:  # the argument is the input itself
             items.append((arg, arg))
         else:
@@ -84,22 +87,33 @@ def _table_items(path: Path, modality: Modality, column: str) -> list[tuple[str,
     return [(str(v)[:60], str(v)) for v in values]
 
 
-def classify(
-    model: TrainedModel, items: list[tuple[str, str]], top_k: int, batch_size: int, progress: bool
-) -> list[dict[str, Any]]:
-    """One row per item: input, label, score, top_k [{label, score}, ...]."""
-    from tqdm.auto import tqdm
+def load_pipeline(model: TrainedModel):
+    """The `transformers.pipeline` of a fine-tuned model, with the processor sft trained with."""
     from transformers import pipeline
 
-    modality = model.modality
-    classifier = pipeline(model.task, model=model.ref, **modality.pipeline_options(model.ref))
+    return pipeline(model.task, model=model.ref, **model.modality.pipeline_options(model.ref))
+
+
+def classify(
+    classifier,
+    modality: Modality,
+    items: list[tuple[str, str]],
+    top_k: int,
+    batch_size: int,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """One row per item: input, label, score, top_k [{label, score}, ...]. The model sees
+    `batch_size` inputs at a time."""
+    from tqdm.auto import tqdm
+
     read = modality.reader(classifier)
     rows = []
     bar = tqdm(total=len(items), desc="predict", disable=not progress or len(items) < batch_size)
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         values = [read(value) for _, value in chunk]
-        outputs = classifier(values, top_k=top_k, **modality.call_options())
+        options = modality.call_options()
+        outputs = classifier(values, top_k=top_k, batch_size=batch_size, **options)
         for (name, _), scores in zip(chunk, outputs, strict=True):
             top = [{"label": s["label"], "score": float(s["score"])} for s in scores]
             rows.append({"input": name, "label": top[0]["label"], "score": top[0]["score"],
@@ -147,7 +161,10 @@ def predict(args) -> None:
     default_column = getattr(DataConfig(), model.modality.column_key)
     column = args.column or model.column or default_column
     items = collect(args.inputs, model.modality, column)
-    rows = classify(model, items, args.top_k, args.batch_size, not args.no_progress)
+    classifier = load_pipeline(model)
+    rows = classify(
+        classifier, model.modality, items, args.top_k, args.batch_size, not args.no_progress
+    )
     write(rows, args.output)
 
 

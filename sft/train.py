@@ -215,7 +215,7 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
                 f"{checkpoints.root}. Run the same command again to continue (resume=auto)"
             )
         validation, final = loop.final_evaluations(
-            accelerator, job.model, outcome, job.loaders.validation, job.loaders.test
+            accelerator, job.model, outcome, job.loaders.validation, job.loaders.test, t.progress
         )
     split = "test" if job.loaders.test is not None else "validation"
     result = {

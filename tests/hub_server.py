@@ -30,6 +30,7 @@ class HubServer:
         self.token = token
         self.repos: dict[str, Repo] = {}
         self.requests: list[str] = []  # "METHOD path status", for debugging a failing test
+        self.fail_with: int | None = None  # an HTTP status every write answers (a broken hub)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -108,6 +109,8 @@ def _handler(hub: HubServer):
         # -- routes -------------------------------------------------------------------------
         def do_POST(self):
             path = urlparse(self.path).path
+            if hub.fail_with is not None:
+                return self._error(hub.fail_with, "ServerError", "the hub is having a bad day")
             if path == "/api/repos/create":
                 if not self._authorized():
                     return

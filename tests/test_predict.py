@@ -110,3 +110,25 @@ def test_a_missing_image_file_is_named(tmp_path, tiny_vit):  # noqa: F811
     result = predict(tiny_vit, tmp_path / "nope.png", cwd=tmp_path)
     assert result.returncode == 2
     assert "nope.png does not exist; give image files or directories" in result.stderr
+
+
+def test_inputs_reach_the_model_in_batches(text_run):
+    from sft.model import resolve
+    from sft.predict import classify, load_pipeline
+
+    model = resolve(str(text_run))
+    classifier = load_pipeline(model)
+    sizes: list[int] = []
+    classifier.model.register_forward_pre_hook(
+        lambda module, args, kwargs: sizes.append(len(kwargs["input_ids"])), with_kwargs=True
+    )
+    items = [(t, t) for t in TEXTS * 5]
+    rows = classify(classifier, model.modality, items, top_k=1, batch_size=4, progress=False)
+    assert len(rows) == 10
+    assert sizes == [4, 4, 2]  # not ten forward passes of one
+
+
+def test_a_missing_file_is_named_not_classified_as_text(tmp_path, text_run):
+    result = predict(text_run, "notes/missing.txt", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "notes/missing.txt does not exist" in result.stderr.strip().splitlines()[-1]

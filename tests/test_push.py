@@ -141,6 +141,33 @@ def test_a_refused_token_is_a_clear_error(tmp_path, hub, finished_run):
     assert "hf_wrong" not in result.stderr + result.stdout
 
 
+def test_an_unreachable_hub_is_a_clear_error(tmp_path, hub, finished_run):
+    env = hub_env(hub, tmp_path, HF_TOKEN=TOKEN, HF_ENDPOINT="http://127.0.0.1:9")  # discard port
+    result = push(finished_run, "--repo-id", "me/nowhere", env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith("error: cannot reach the hub at http://127.0.0.1:9")
+        and "HF_ENDPOINT" in last
+    )
+
+
+def test_a_hub_server_error_is_a_clear_error(tmp_path, hub, finished_run):
+    hub.fail_with = 500
+    result = push(
+        finished_run,
+        "--repo-id",
+        "me/broken",
+        env=hub_env(hub, tmp_path, HF_TOKEN=TOKEN),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "answered HTTP 500 to the upload to me/broken" in last and "retry later" in last
+
+
 def test_an_unfinished_run_is_not_pushed(tmp_path, hub):
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.yaml").write_text("seed: 1\n")

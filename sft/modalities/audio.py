@@ -16,6 +16,7 @@ import datasets
 import numpy as np
 import soundfile
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoModelForAudioClassification
 
 from sft.config import AugmentConfig, DataConfig
@@ -43,7 +44,8 @@ class AudioInputs(Inputs):
         self.padding = padding(self.processor)
 
     def encode(self, splits: Splits) -> Splits:
-        """Check that every clip decodes and is not empty; record its duration."""
+        """Check that every clip's header reads and that it is not empty; record its duration.
+        (Samples are decoded per batch: a clip broken past its header fails then, by name.)"""
         return splits.map(self._check_split)
 
     def collator(self, train: bool) -> Callable[[list[dict]], dict[str, Any]]:
@@ -65,7 +67,8 @@ class AudioInputs(Inputs):
 
     def _check_split(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
         ds = ds.cast_column(self.column, datasets.Audio(decode=False))
-        durations = [_duration(row[self.column], split) for row in ds.select_columns([self.column])]
+        rows = tqdm(ds.select_columns([self.column]), desc=f"scan {split} audio", disable=None)
+        durations = [_duration(row[self.column], split) for row in rows]
         return ds.add_column(DURATION, durations)
 
     def _collate(self, examples: list[dict], train: bool) -> dict[str, Any]:
@@ -119,29 +122,39 @@ def load_audio(value: dict, sampling_rate: int) -> np.ndarray:
     return samples.astype(np.float32, copy=False)
 
 
-def _read(value: dict, split: str) -> tuple[np.ndarray, int]:
+def _source(value: dict, split: str) -> str | io.BytesIO:
     path, data = value.get("path"), value.get("bytes")
     if data is None and (path is None or not os.path.exists(path)):
         raise SftError(f"audio file '{path}' ({split} split) does not exist; fix the path")
-    source = io.BytesIO(data) if data is not None else path
+    return io.BytesIO(data) if data is not None else path
+
+
+def _soundfile(call, value: dict, split: str):
+    """`call(source)` with soundfile, or an SftError naming the clip that cannot be decoded."""
     try:
-        samples, rate = soundfile.read(source, dtype="float32", always_2d=False)
+        return call(_source(value, split))
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as err:
         raise SftError(
-            f"audio '{path or 'embedded bytes'}' ({split} split) cannot be decoded ({err}); "
-            f"use WAV, FLAC or OGG, or replace the file"
+            f"audio '{value.get('path') or 'embedded bytes'}' ({split} split) cannot be decoded "
+            f"({err}); use WAV, FLAC or OGG, or replace the file"
         ) from err
-    return samples, rate
+
+
+def _read(value: dict, split: str) -> tuple[np.ndarray, int]:
+    return _soundfile(
+        lambda source: soundfile.read(source, dtype="float32", always_2d=False), value, split
+    )
 
 
 def _duration(value: dict, split: str) -> float:
-    samples, rate = _read(value, split)
-    if len(samples) == 0:
+    """Seconds of audio, from the file's header: the up-front scan decodes no samples."""
+    info = _soundfile(soundfile.info, value, split)
+    if info.frames == 0:
         raise SftError(
             f"audio '{value.get('path') or 'embedded bytes'}' ({split} split) is empty (0 "
             f"samples); remove it"
         )
-    return len(samples) / rate
+    return info.frames / info.samplerate
 
 
 def load_feature_extractor(checkpoint: str, revision: str | None = None):

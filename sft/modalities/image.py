@@ -14,6 +14,7 @@ import datasets
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 from transformers import AutoModelForImageClassification
 
 from sft.config import AugmentConfig, DataConfig
@@ -52,7 +53,9 @@ class ImageInputs(Inputs):
 
     def _check_split(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
         ds = ds.cast_column(self.column, datasets.Image(decode=False))
-        for row in ds.select_columns([self.column]):
+        for row in tqdm(
+            ds.select_columns([self.column]), desc=f"scan {split} images", disable=None
+        ):
             open_image(row[self.column], split)
         return ds
 
