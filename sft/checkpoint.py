@@ -140,26 +140,32 @@ def incomplete(directory: Path) -> str | None:
 
 
 class Preemption:
-    """Remembers a SIGTERM (how clusters preempt) so that training can checkpoint and stop at
-    the next step; every process stops at the same step. A context manager: the previous
-    handler is back when it exits."""
+    """Remembers a SIGTERM (how clusters preempt) or a first Ctrl-C (SIGINT) so that training
+    can checkpoint and stop at the next step; every process stops at the same step. A second
+    Ctrl-C interrupts at once. A context manager: the previous handlers are back when it exits."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self, accelerator: Accelerator):
         self.accelerator = accelerator
-        self.signalled = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.signalled: str | None = None  # the name of the signal that asked to stop
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame) -> None:
-        self.signalled = True
+        self.signalled = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            log.warning("Ctrl-C: checkpointing and stopping at the next step (again to quit now)")
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def __call__(self) -> bool:
         if self.accelerator.num_processes == 1:
-            return self.signalled
-        flag = torch.tensor([float(self.signalled)], device=self.accelerator.device)
+            return self.signalled is not None
+        flag = torch.tensor([float(self.signalled is not None)], device=self.accelerator.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
     def __enter__(self) -> Preemption:
         return self
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)

@@ -1,6 +1,6 @@
 """What every command shares: its argument parser, logging to the terminal, and the rule for
-ending — bad input prints `error: <message>` and exits 2, a SIGTERM stop exits 0 with how to
-resume, anything else is a bug and keeps its traceback."""
+ending — bad input prints `error: <message>` and exits 2, a SIGTERM stop exits 0 and a Ctrl-C
+130 with how to resume, anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
@@ -33,7 +33,13 @@ def exits_on_user_error() -> Iterator[None]:
         exit_with(err)
     except Preempted as stop:
         sys.stderr.write(f"{stop}\n")
-        sys.exit(0)  # a clean stop: the checkpoint is complete
+        sys.exit(stop.exit_status)  # a clean stop: the checkpoint is complete
+    except KeyboardInterrupt:  # Ctrl-C outside the training steps (or a second one)
+        sys.stderr.write(
+            "interrupted (Ctrl-C); nothing half-written is kept. Run the same command again to "
+            "continue from the last checkpoint, if there is one\n"
+        )
+        sys.exit(130)
 
 
 def exit_with(err: SftError) -> NoReturn:

@@ -27,7 +27,13 @@ class SftError(Exception):
 
 
 class Preempted(Exception):
-    """Training stopped on SIGTERM after writing a checkpoint; the message says how to resume."""
+    """Training stopped on a signal after writing a checkpoint; the message says how to resume.
+    `exit_status`: 0 after SIGTERM (a scheduler's preemption, to be requeued), 130 after Ctrl-C
+    (as shells report an interrupted command)."""
+
+    def __init__(self, message: str, exit_status: int = 0):
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 def first_line(err: BaseException) -> str:

@@ -46,13 +46,13 @@ def collect(inputs: list[str], modality: Modality, column: str) -> list[tuple[st
                     f"{', '.join(s for s, k in MEDIA.items() if k == kind)})"
                 )
             items.append(_file_item(path, modality))
+        elif modality.reads_files:
+            raise SftError(f"{arg} does not exist; give {kind} files or directories")
         elif path.suffix.lower() in FORMATS or path.suffix.lower() in MEDIA:
             # Named like a file: a typo in a path must not be classified as a text.
             raise SftError(f"{arg} does not exist; check the path (texts are given as they are)")
-        elif not modality.reads_files:  # the argument is the input itself
+        else:  # the argument is the text itself
             items.append((arg, arg))
-        else:
-            raise SftError(f"{arg} does not exist; give {kind} files or directories")
     return items
 
 

@@ -14,7 +14,9 @@ Every module that reads or writes a run's files asks `RunDir` where they are.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +71,28 @@ class RunDir:
         return [json.loads(line) for line in self.history.read_text().splitlines() if line]
 
     # -- writing, in the order a run writes ---------------------------------------------------
+
+    def lock(self) -> None:
+        """Claim the directory for this process until it exits, or an SftError if another live
+        run holds it (two runs would interleave their history and checkpoints). The operating
+        system drops the claim when the process ends, however it ends."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / ".lock"
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise SftError(
+                f"output_dir {self.root} is in use by a run that is still going ({holder}); wait "
+                f"for it to end, stop it, or choose another output_dir"
+            ) from err
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        self._lock = handle  # held open: closing it would release the claim
 
     def write_config(self, config: Any) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

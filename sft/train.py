@@ -65,6 +65,8 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     accelerator = make_accelerator(cfg.trainer, cfg.logger.name, run_dir, unfreezes_later=gradual)
     set_seed(cfg.seed)
     out = RunDir(run_dir)
+    if accelerator.is_main_process:
+        out.lock()  # one live run per directory
     if cfg.resume == "auto" and out.finished() and not cfg.dry_run:
         log.info("%s holds a finished run (metrics.json): nothing to do", out.root)
         accelerator.end_training()
@@ -210,9 +212,11 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
         )
         if outcome.preempted:
             accelerator.end_training()
+            by = preempted.signalled or "a signal on another process"
             raise Preempted(
-                f"stopped by SIGTERM at step {outcome.steps}; checkpoint saved in "
-                f"{checkpoints.root}. Run the same command again to continue (resume=auto)"
+                f"stopped by {by} at step {outcome.steps}; checkpoint saved in "
+                f"{checkpoints.root}. Run the same command again to continue (resume=auto)",
+                exit_status=130 if by == "SIGINT" else 0,
             )
         validation, final = loop.final_evaluations(
             accelerator, job.model, outcome, job.loaders.validation, job.loaders.test, t.progress

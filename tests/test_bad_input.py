@@ -115,3 +115,19 @@ def test_non_utf8_text_file_is_named_with_the_fix(tmp_path, tiny_checkpoint):
     bad.write_bytes("caf\xe9 chip \xa3".encode("latin-1"))
     line = error_line(fails(tmp_path, f"model.checkpoint={tiny_checkpoint}", f"data.path={corpus}"))
     assert str(bad) in line and "data.encodings" in line
+
+
+def test_an_output_dir_in_use_by_a_live_run_is_refused(tmp_path, tiny_checkpoint, text_corpus):
+    import fcntl
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with (run_dir / ".lock").open("a+") as held:  # what a live run holds until it exits
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 12345\n")
+        held.flush()
+        line = error_line(
+            fails(tmp_path, f"model.checkpoint={tiny_checkpoint}", f"data.path={text_corpus}")
+        )
+    assert str(run_dir) in line and "in use by a run that is still going (pid 12345)" in line
+    assert not (run_dir / "history.jsonl").exists()

@@ -26,6 +26,13 @@ def test_preemption_exits_cleanly_with_its_message(capsys):
     assert "run the same command again" in capsys.readouterr().err
 
 
+def test_ctrl_c_outside_the_steps_exits_130_without_a_traceback(capsys):
+    with pytest.raises(SystemExit) as stop, cli.exits_on_user_error():
+        raise KeyboardInterrupt
+    assert stop.value.code == 130
+    assert "Run the same command again" in capsys.readouterr().err
+
+
 def test_a_bug_is_not_turned_into_a_user_error():
     with pytest.raises(ZeroDivisionError), cli.exits_on_user_error():
         _ = 1 / 0

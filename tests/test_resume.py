@@ -129,6 +129,21 @@ def test_sigterm_checkpoints_and_stops_cleanly_then_resumes(tmp_path, overrides,
     assert outcome(run_dir) == outcome(uninterrupted)
 
 
+def test_ctrl_c_checkpoints_and_stops_then_resumes(tmp_path, overrides, uninterrupted):
+    run_dir = tmp_path / "interrupted"
+    args = [*overrides, f"output_dir={run_dir}"]
+    stopped = interrupted("INT", 5, *args, cwd=tmp_path)
+    assert stopped.returncode == 130, stopped.stderr[-3000:]  # as shells report Ctrl-C
+    assert "stopped by SIGINT at step 5" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert "step-00000005" in checkpoint_names(run_dir)
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "model").exists()
+
+    resumed = run_cli(*args, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert outcome(run_dir) == outcome(uninterrupted)
+
+
 def test_a_finished_run_is_left_as_it_is(tmp_path, overrides, uninterrupted):
     before = (uninterrupted / "metrics.json").read_text()
     again = run_cli(*overrides, f"output_dir={uninterrupted}", cwd=tmp_path)
