@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from sft.errors import SftError
+from sft.errors import Preempted, SftError
 from sft.run_dir import RunDir
 from sft.state import Progress
 
@@ -162,6 +162,15 @@ class Preemption:
             return self.signalled is not None
         flag = torch.tensor([float(self.signalled is not None)], device=self.accelerator.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def stopped(self, step: int, where: Path) -> Preempted:
+        """What ends the command once the checkpoint at `step` is in `where`."""
+        by = self.signalled or "a signal on another process"
+        return Preempted(
+            f"stopped by {by} at step {step}; checkpoint saved in {where}. Run the same command "
+            f"again to continue (resume=auto)",
+            exit_status=130 if by == "SIGINT" else 0,  # Ctrl-C as shells report it
+        )
 
     def __enter__(self) -> Preemption:
         return self

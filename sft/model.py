@@ -18,6 +18,25 @@ from sft.run_dir import RunDir
 log = logging.getLogger(__name__)
 
 
+def check_checkpoint(checkpoint: str, revision: str | None, task: str) -> None:
+    """Fail first, naming the checkpoint, when its config cannot be read or its model type has
+    no classifier for `task` — before its tokenizer or processor is looked for, which would
+    take the blame otherwise."""
+    config = from_checkpoint(
+        lambda: AutoConfig.from_pretrained(checkpoint, revision=revision),
+        f"model.checkpoint '{checkpoint}' could not be loaded",
+        "use a hub id or a directory with config.json, the model weights and the tokenizer or "
+        "processor files",
+    )
+    model_type = getattr(config, "model_type", None)
+    claimed = modalities.task_of(model_type)
+    if claimed != task and model_type not in modalities.get(task).model_types():
+        raise SftError(
+            f"model.checkpoint '{checkpoint}' is a {model_type} model, which classifies for "
+            f"{claimed}, but task={task}; set task={claimed}, or choose a {task} checkpoint"
+        )
+
+
 def load_classifier(
     checkpoint: str,
     labels: list[str],

@@ -94,18 +94,16 @@ class RunDir:
         handle.flush()
         self._lock = handle  # held open: closing it would release the claim
 
-    def write_config(self, config: Any) -> None:
+    def begin(self, config: Any, resumed: bool) -> None:
+        """The resolved config first; results of an earlier run here removed, so that none can
+        pass for this run's; the history too, unless this run resumes it."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.config.write_text(OmegaConf.to_yaml(config, resolve=True))
-
-    def clear_results(self) -> None:
-        """Remove results of an earlier run in this directory, so none can pass for this run's."""
         self.metrics.unlink(missing_ok=True)
         shutil.rmtree(self.model, ignore_errors=True)
         shutil.rmtree(self.plots, ignore_errors=True)
-
-    def start_history(self) -> None:
-        self.history.unlink(missing_ok=True)
+        if not resumed:
+            self.history.unlink(missing_ok=True)
 
     def record(self, row: dict) -> None:
         with self.history.open("a") as f:

@@ -23,7 +23,6 @@ from omegaconf import DictConfig
 
 from sft import cli
 from sft import config as schema
-from sft.errors import Preempted
 from sft.run_dir import RunDir
 
 log = logging.getLogger("sft.train")
@@ -74,10 +73,7 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     checkpoints = Checkpoints(accelerator, out, cfg.trainer.keep_checkpoints)
     resume_from = checkpoints.resume_point(cfg.resume)
     if accelerator.is_main_process:
-        out.write_config(cfg)
-        out.clear_results()
-        if resume_from is None:
-            out.start_history()
+        out.begin(cfg, resumed=resume_from is not None)
 
     job = build(cfg, accelerator)
     if accelerator.is_main_process:
@@ -103,9 +99,10 @@ def build(cfg: schema.Config, accelerator) -> Job:
     from sft import finetune, modalities, optim
     from sft.data.loaders import load_data, loaders
     from sft.feature_cache import FeatureCache
-    from sft.model import enable_gradient_checkpointing, load_classifier
+    from sft.model import check_checkpoint, enable_gradient_checkpointing, load_classifier
 
     modality = modalities.get(cfg.task)
+    check_checkpoint(cfg.model.checkpoint, cfg.model.revision, cfg.task)
     with accelerator.main_process_first():  # rank 0 fills the datasets cache, the rest reuse it
         splits, inputs = load_data(modality, cfg.model, cfg.data, cfg.augment, cfg.seed)
     log.info("data: %s", ", ".join(f"{name} {len(ds)}" for name, ds in splits.items()))
@@ -212,12 +209,7 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
         )
         if outcome.preempted:
             accelerator.end_training()
-            by = preempted.signalled or "a signal on another process"
-            raise Preempted(
-                f"stopped by {by} at step {outcome.steps}; checkpoint saved in "
-                f"{checkpoints.root}. Run the same command again to continue (resume=auto)",
-                exit_status=130 if by == "SIGINT" else 0,
-            )
+            raise preempted.stopped(outcome.steps, checkpoints.root)
         validation, final = loop.final_evaluations(
             accelerator, job.model, outcome, job.loaders.validation, job.loaders.test, t.progress
         )

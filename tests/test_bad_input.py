@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import make_rows, run_cli
+from tests.test_image import tiny_vit  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -96,6 +97,27 @@ def test_checkpoint_that_cannot_be_loaded(tmp_path, tiny_checkpoint, text_corpus
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     line = error_line(fails(tmp_path, f"model.checkpoint={broken}", f"data.path={text_corpus}"))
     assert str(broken) in line and "could not be loaded" in line
+
+
+def test_checkpoint_that_does_not_exist_is_blamed_on_the_checkpoint(tmp_path, text_corpus):
+    missing = tmp_path / "no_such_checkpoint"
+    line = error_line(fails(tmp_path, f"model.checkpoint={missing}", f"data.path={text_corpus}"))
+    assert f"model.checkpoint '{missing}' could not be loaded" in line
+    assert "no loadable tokenizer" not in line
+
+
+def test_checkpoint_with_a_corrupt_config_is_named(tmp_path, tiny_checkpoint, text_corpus):
+    broken = tmp_path / "broken_config"
+    shutil.copytree(tiny_checkpoint, broken)
+    (broken / "config.json").write_text("{not json")
+    line = error_line(fails(tmp_path, f"model.checkpoint={broken}", f"data.path={text_corpus}"))
+    assert f"model.checkpoint '{broken}' could not be loaded" in line and "JSON" in line
+
+
+def test_checkpoint_of_another_modality_than_the_task(tmp_path, tiny_vit, text_corpus):  # noqa: F811
+    line = error_line(fails(tmp_path, f"model.checkpoint={tiny_vit}", f"data.path={text_corpus}"))
+    assert "is a vit model" in line and "task=text-classification" in line
+    assert "set task=image-classification" in line
 
 
 def test_checkpoint_directory_without_tokenizer(tmp_path, text_corpus):
