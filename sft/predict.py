@@ -106,13 +106,12 @@ def classify(
     `batch_size` inputs at a time."""
     from tqdm.auto import tqdm
 
-    read = modality.reader(classifier)
+    read, options = modality.reader(classifier), modality.call_options()
     rows = []
     bar = tqdm(total=len(items), desc="predict", disable=not progress or len(items) < batch_size)
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         values = [read(value) for _, value in chunk]
-        options = modality.call_options()
         outputs = classifier(values, top_k=top_k, batch_size=batch_size, **options)
         for (name, _), scores in zip(chunk, outputs, strict=True):
             top = [{"label": s["label"], "score": float(s["score"])} for s in scores]

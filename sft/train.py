@@ -145,7 +145,8 @@ def build(cfg: schema.Config, accelerator) -> Job:
 
 def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, resume_from):
     """Train (from a checkpoint when there is one), then evaluate the best weights on validation
-    and test; returns the metrics. SIGTERM ends it with `Preempted` after a checkpoint."""
+    and test; returns the metrics. SIGTERM or Ctrl-C ends it with `Preempted` after a
+    checkpoint."""
     from sft import loop, optim, trackers
     from sft.checkpoint import Preemption
     from sft.loss import class_weights, cross_entropy
@@ -156,7 +157,6 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
         cfg.scheduler, t, job.optimizer, len(job.loaders.train), accelerator
     )
     accelerator.register_for_checkpointing(scheduler)
-    unfreezer = job.unfreezer
     progress = None
     if resume_from is not None:
         progress = checkpoints.load(resume_from, t.metric)
@@ -177,11 +177,12 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
         # Each epoch's shuffle depends on the seed and the epoch alone: a resumed run draws it
         # again and skips what it already trained on.
         job.loaders.shuffle.manual_seed(cfg.seed + epoch)
-        if unfreezer is not None:
-            blocks = unfreezer.apply(epoch)
+        if job.unfreezer is not None:
+            blocks = job.unfreezer.apply(epoch)
             if not resumed:
                 record({"kind": "unfreeze", "epoch": epoch, "blocks_training": blocks})
-            log.info("epoch %d: %d of %d blocks train", epoch, blocks, len(unfreezer.layout.blocks))
+            total = len(job.unfreezer.layout.blocks)
+            log.info("epoch %d: %d of %d blocks train", epoch, blocks, total)
 
     keep = t.keep_checkpoints > 0
     labels = job.splits.labels
