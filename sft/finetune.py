@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 import torch
 
@@ -184,11 +185,7 @@ def start_gradual(model: torch.nn.Module, ft: FinetuneConfig) -> GradualUnfreezi
 def _matching(params: dict, patterns, key: str) -> set[str]:
     matched = set()
     for pattern in patterns:
-        try:
-            regex = re.compile(pattern)
-        except re.error as err:
-            raise SftError(f"{key} pattern '{pattern}' is not a valid regex ({err})") from err
-        hits = {n for n in params if regex.search(n)}
+        hits = {n for n in params if re.search(pattern, n)}  # a valid regex: validate checked
         if not hits:
             example = next(iter(params))
             raise SftError(
@@ -266,12 +263,24 @@ def train_mode(model: torch.nn.Module) -> None:
             module.eval()
 
 
-def to_save(model: torch.nn.Module, ft: FinetuneConfig) -> torch.nn.Module:
-    """The model as it is saved: LoRA adapters merged into a plain transformers model, unless
-    `finetune.merge=false` keeps them apart (a peft adapter)."""
-    if ft.strategy == "lora" and ft.merge:
-        return model.merge_and_unload()
-    return model
+def save_model(model: torch.nn.Module, weights: dict, ft: FinetuneConfig, directory: Path) -> None:
+    """The fine-tuned model as a Hugging Face directory. `weights`: its state dict, gathered by
+    Accelerate. LoRA adapters are merged into a plain transformers model, unless
+    `finetune.merge=false` keeps them apart: then the adapter is saved with, beside it, the model
+    it adapts — config.json with our labels and model.safetensors (the pretrained body and the
+    trained head; LoRA layers removed, not merged). transformers' `from_pretrained` and
+    `pipeline()` load an adapter with config.json beside it onto the weights in the same
+    directory, with the adapter in effect; without config.json they load
+    `base_model_name_or_path`'s own config, which has neither our labels nor a head of our size."""
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        model.save_pretrained(directory, state_dict=weights, safe_serialization=True)
+    elif ft.merge:  # a new module, made from `model`'s weights (whole: no sharding plugins)
+        model.merge_and_unload().save_pretrained(directory, safe_serialization=True)
+    else:
+        model.save_pretrained(directory, state_dict=weights, safe_serialization=True)
+        model.unload().save_pretrained(directory, safe_serialization=True)  # takes LoRA out
 
 
 def inner_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def check_online() -> None:
-    """An SftError now, before training, if the hub cannot be reached by configuration."""
+    """An SftError now, before training, if the hub cannot be reached by configuration or no
+    token is set (the hub would refuse the upload)."""
     from huggingface_hub import constants
 
     if constants.is_offline_mode():
@@ -31,6 +32,18 @@ def check_online() -> None:
             "push_to_hub=true but HF_HUB_OFFLINE=1 is set: unset it, or push later with "
             "python -m sft.push <run_dir> --repo-id ..."
         )
+    if _no_token():
+        raise SftError(
+            "push_to_hub=true but no hub token is set: set HF_TOKEN to a token with write "
+            "access or run `hf auth login`, or push later with python -m sft.push <run_dir> "
+            "--repo-id ..."
+        )
+
+
+def _no_token() -> bool:
+    from huggingface_hub import get_token
+
+    return get_token() is None  # from HF_TOKEN, or the file `hf auth login` writes
 
 
 def push_finished(run: RunDir, repo_id: str, private: bool) -> str:
@@ -57,6 +70,11 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False) -> str:
         raise SftError(
             "HF_HUB_OFFLINE=1 is set, so nothing can be pushed; unset it (and HF_ENDPOINT, if "
             "set, must name a reachable hub)"
+        )
+    if _no_token():
+        raise SftError(
+            "no hub token is set, so the hub would refuse the upload; set HF_TOKEN to a token "
+            "with write access, or run `hf auth login`"
         )
     api = HfApi()
     with tempfile.TemporaryDirectory(prefix="sft-push-") as tmp:

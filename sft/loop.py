@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -135,7 +136,9 @@ class _Run:
         eval_start = time.perf_counter()
         result = evaluate(self.accelerator, self.model, self.eval_loader, self.settings.progress)
         p.eval_seconds += time.perf_counter() - eval_start
-        improved = p.best.update(result, p.step, self.accelerator.unwrap_model(self.model))
+        # The best weights are whole ones, gathered by Accelerate on every process.
+        weights = partial(self.accelerator.get_state_dict, self.model)
+        improved = p.best.update(result, p.step, weights)
         self.record(_eval_row(p.step, p.epoch, result, improved))
         log.info(
             "step %d: eval loss %.4f, accuracy %.4f, f1 %.4f%s",
@@ -193,6 +196,8 @@ def final_evaluations(
     final one: on test when there is a test split, else validation again."""
     validation = outcome.best.evaluation
     if outcome.best.state is not None:
+        # Whole weights into the module: it holds whole weights on every process, since
+        # make_accelerator refuses sharding plugins.
         accelerator.unwrap_model(model).load_state_dict(outcome.best.state)
     else:  # no finite evaluation: report the last weights as they are
         validation = evaluate(accelerator, model, eval_loader, progress)

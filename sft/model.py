@@ -18,10 +18,21 @@ from sft.run_dir import RunDir
 log = logging.getLogger(__name__)
 
 
-def check_checkpoint(checkpoint: str, revision: str | None, task: str) -> None:
-    """Fail first, naming the checkpoint, when its config cannot be read or its model type has
-    no classifier for `task` — before its tokenizer or processor is looked for, which would
-    take the blame otherwise."""
+def check_checkpoint(
+    checkpoint: str, revision: str | None, task: str, max_length: int | None = None
+) -> None:
+    """Fail first, naming the checkpoint, when its config cannot be read, its model type has
+    no classifier for `task`, or a text model has fewer positions than `max_length` tokens —
+    before its tokenizer or processor is looked for, which would take the blame otherwise, and
+    before training, which would crash at the first text that long."""
+    # A path no hub id can be ('/x', './x', 'a/b/c'): say it is missing, not that it is a bad
+    # repo id, which is what the hub client would answer.
+    path_like = Path(checkpoint).is_absolute() or checkpoint.startswith(".")
+    if (path_like or checkpoint.count("/") > 1) and not Path(checkpoint).exists():
+        raise SftError(
+            f"model.checkpoint '{checkpoint}' does not exist; give a directory with config.json "
+            f"and the model weights, or a hub id (user/name)"
+        )
     config = from_checkpoint(
         lambda: AutoConfig.from_pretrained(checkpoint, revision=revision),
         f"model.checkpoint '{checkpoint}' could not be loaded",
@@ -34,6 +45,14 @@ def check_checkpoint(checkpoint: str, revision: str | None, task: str) -> None:
         raise SftError(
             f"model.checkpoint '{checkpoint}' is a {model_type} model, which classifies for "
             f"{claimed}, but task={task}; set task={claimed}, or choose a {task} checkpoint"
+        )
+    # Models with relative positions only (DeBERTa-v2/v3) take any length.
+    positions = getattr(config, "max_position_embeddings", None)
+    absolute = getattr(config, "position_biased_input", True)
+    if task == modalities.TEXT and max_length and positions and absolute and max_length > positions:
+        raise SftError(
+            f"data.max_length={max_length} is more than model.checkpoint '{checkpoint}' takes: "
+            f"its max_position_embeddings is {positions}; set data.max_length={positions} or less"
         )
 
 

@@ -18,10 +18,12 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from sft.errors import SftError
@@ -76,6 +78,7 @@ class RunDir:
         """Claim the directory for this process until it exits, or an SftError if another live
         run holds it (two runs would interleave their history and checkpoints). The operating
         system drops the claim when the process ends, however it ends."""
+        check_writable(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / ".lock"
         handle = path.open("a+")
@@ -117,25 +120,64 @@ class RunDir:
         write_json(self.param_groups, summary)
 
     def write_results(self, save_model: Callable[[Path], None], result: dict[str, Any]) -> None:
-        """model/ (`save_model(directory)` writes it), plots/, then metrics.json last: its
-        presence says the run completed."""
+        """model/ (`save_model(directory)` writes it), plots/ and metrics.json, each written
+        under a staging name first: model/ and then metrics.json (whose presence says the run
+        completed) appear only once everything is on disk, so a full disk leaves neither."""
         from sft import plots
 
-        staging = self.root / "model.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        save_model(staging)
-        shutil.rmtree(self.model, ignore_errors=True)
-        staging.rename(self.model)
-        plots.plot_curves(self.read_history(), self.plots)
-        plots.plot_confusion(
-            result["confusion_matrix"],
-            result["labels"],
-            f"{result['split']} confusion matrix",
-            self.plots / "confusion_matrix.png",
+        model = self.root / "model.partial"
+        metrics = self.metrics.with_suffix(".partial")
+        try:
+            shutil.rmtree(model, ignore_errors=True)
+            save_model(model)
+            plots.plot_curves(self.read_history(), self.plots)
+            plots.plot_confusion(
+                result["confusion_matrix"],
+                result["labels"],
+                f"{result['split']} confusion matrix",
+                self.plots / "confusion_matrix.png",
+            )
+            write_json(metrics, result)
+            shutil.rmtree(self.model, ignore_errors=True)
+            model.rename(self.model)
+            metrics.rename(self.metrics)
+        finally:  # after a failure: no half-written copies taking the space (no-ops otherwise)
+            shutil.rmtree(model, ignore_errors=True)
+            metrics.unlink(missing_ok=True)
+
+
+def check_writable(root: str | Path, key: str = "output_dir") -> None:
+    """An SftError unless a run can create and write `root`: the nearest folder that exists
+    (`root` or an ancestor) must be writable and have a write permission bit. Root ignores
+    permission bits; a folder made read-only on purpose refuses runs as root too."""
+    root = Path(root).absolute()
+    nearest = next(p for p in (root, *root.parents) if p.exists())
+    if not nearest.is_dir():
+        raise SftError(f"{key} {root} cannot be created: {nearest} is a file; choose another")
+    mode = nearest.stat().st_mode
+    if not mode & 0o222 or not os.access(nearest, os.W_OK):
+        raise SftError(
+            f"{key} {root} cannot be written: {nearest} is read-only "
+            f"({stat.filemode(mode)}); choose another {key}, or make {nearest} writable"
         )
-        staging = self.metrics.with_suffix(".partial")
-        write_json(staging, result)
-        staging.rename(self.metrics)
+
+
+class OutputDirCheck(Callback):
+    """Hydra callback (conf/config.yaml): Hydra creates the run (or sweep) directory and its log
+    before sft's code runs, so an unwritable one is refused here, before it is touched."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _exit_unless_writable(config.hydra.run.dir, "output_dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _exit_unless_writable(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+
+def _exit_unless_writable(root: str, key: str) -> None:
+    from sft.cli import exits_on_user_error
+
+    with exits_on_user_error():  # Hydra would print an SftError with its traceback
+        check_writable(root, key)
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -5,6 +5,7 @@ restore it (sft/checkpoint.py), so neither needs the other."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +22,10 @@ class Evaluation:
 
 @dataclass
 class Best:
-    """The best validation result so far, by one metric, with a CPU copy of its weights."""
+    """The best validation result so far, by one metric, with a CPU copy of its weights: the
+    end of the run evaluates and saves them, and the model has trained on since. Kept in memory
+    because checkpoints may be off (`keep_checkpoints=0`); checkpoints store it once on disk
+    (sft/checkpoint.py)."""
 
     metric: str
     score: tuple[float, float] = (-math.inf, -math.inf)  # (metric, -loss): loss breaks ties
@@ -30,7 +34,11 @@ class Best:
     evaluation: Evaluation | None = None  # the validation result of `state`
     evals_since: int = 0  # evaluations since the last improvement (for early stopping)
 
-    def update(self, evaluation: Evaluation, step: int, model: torch.nn.Module) -> bool:
+    def update(
+        self, evaluation: Evaluation, step: int, weights: Callable[[], dict[str, torch.Tensor]]
+    ) -> bool:
+        """Keep `evaluation` if it is the best so far, with the weights `weights()` returns
+        (called only then; every process decides alike, so a collective gather is safe)."""
         # Accuracy and F1 plateau at equal values on small validation sets; among equals the
         # lower loss is the more confident (better calibrated) model.
         metric = -evaluation.loss if self.metric == "loss" else evaluation.scores[self.metric]
@@ -41,14 +49,20 @@ class Best:
             return False
         self.score, self.step, self.evals_since = score, step, 0
         self.evaluation = evaluation
-        self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        self.state = cpu_copy(weights())
         return True
+
+
+def cpu_copy(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights as CPU tensors of their own (contiguous, no storage shared: as safetensors
+    writes them), unchanged by further training."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()}
 
 
 @dataclass
 class Progress:
-    """Where training stands. With the weights, optimizer, scheduler and RNG states (which
-    Accelerate saves) it is all a checkpoint needs to continue exactly (sft/checkpoint.py)."""
+    """Where training stands. With the weights, optimizer, scheduler and RNG states it is all
+    a checkpoint needs to continue exactly (sft/checkpoint.py)."""
 
     best: Best
     step: int = 0  # optimizer steps taken
@@ -60,7 +74,7 @@ class Progress:
     eval_seconds: float = 0.0
 
     def state_dict(self) -> dict:
-        """Plain values and CPU tensors, for `torch.save`."""
+        """Plain values, for JSON; the best weights are not in it (checkpoints store them)."""
         best = self.best
         return {
             "step": self.step,
@@ -71,23 +85,29 @@ class Progress:
             "seconds": self.seconds,
             "eval_seconds": self.eval_seconds,
             "best": {
-                "score": best.score,
+                "score": list(best.score),
                 "step": best.step,
                 "evals_since": best.evals_since,
-                "state": best.state,
-                "evaluation": vars(best.evaluation) if best.evaluation is not None else None,
+                "evaluation": _plain(best.evaluation),
             },
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict, metric: str, device: torch.device) -> Progress:
+    def from_state_dict(
+        cls,
+        state: dict,
+        metric: str,
+        device: torch.device,
+        best_state: dict[str, torch.Tensor] | None = None,
+    ) -> Progress:
+        """The inverse of `state_dict`, with the best weights `best_state`."""
         b = state["best"]
         best = Best(
             metric,
             score=tuple(b["score"]),
             step=b["step"],
-            state=b["state"],
-            evaluation=Evaluation(**b["evaluation"]) if b["evaluation"] is not None else None,
+            state=best_state,
+            evaluation=_from_plain(b["evaluation"]),
             evals_since=b["evals_since"],
         )
         return cls(
@@ -100,6 +120,20 @@ class Progress:
             seconds=state["seconds"],
             eval_seconds=state["eval_seconds"],
         )
+
+
+def _plain(e: Evaluation | None) -> dict | None:
+    if e is None:
+        return None
+    return {**vars(e), "predictions": e.predictions.tolist(), "references": e.references.tolist()}
+
+
+def _from_plain(e: dict | None) -> Evaluation | None:
+    if e is None:
+        return None
+    return Evaluation(
+        e["loss"], np.asarray(e["predictions"]), np.asarray(e["references"]), e["scores"]
+    )
 
 
 @dataclass

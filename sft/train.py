@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from sft import cli
 from sft import config as schema
 from sft.run_dir import RunDir
+from sft.validation import validate
 
 log = logging.getLogger("sft.train")
 schema.register()
@@ -57,7 +58,7 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     from sft.accelerator import make_accelerator
     from sft.checkpoint import Checkpoints
 
-    schema.validate(cfg)
+    validate(cfg)
     if cfg.push_to_hub and not cfg.dry_run:
         hub.check_online()  # fail now, not after training
     gradual = cfg.finetune.strategy == "gradual"
@@ -72,11 +73,11 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         return out.read_metrics()
     checkpoints = Checkpoints(accelerator, out, cfg.trainer.keep_checkpoints)
     resume_from = checkpoints.resume_point(cfg.resume)
-    if accelerator.is_main_process:
-        out.begin(cfg, resumed=resume_from is not None)
 
     job = build(cfg, accelerator)
     if accelerator.is_main_process:
+        # Only once data and model are built: bad input leaves an earlier run's results alone.
+        out.begin(cfg, resumed=resume_from is not None)
         out.write_param_groups(job.param_groups)
     if cfg.dry_run:
         accelerator.end_training()
@@ -86,8 +87,10 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
 
         trackers.start(accelerator, cfg.logger.name, cfg)
     result = fit(cfg, accelerator, job, out, checkpoints, resume_from)
+    weights = accelerator.get_state_dict(job.model)  # the best, whole; every process calls it
     if accelerator.is_main_process:
-        finish(cfg, out, accelerator.unwrap_model(job.model), job.inputs.processor, result)
+        model = accelerator.unwrap_model(job.model)
+        finish(cfg, out, model, weights, job.inputs.processor, result)
     accelerator.wait_for_everyone()
     checkpoints.remove_all()  # the run is complete: model/ and metrics.json replace them
     accelerator.end_training()
@@ -102,7 +105,7 @@ def build(cfg: schema.Config, accelerator) -> Job:
     from sft.model import check_checkpoint, enable_gradient_checkpointing, load_classifier
 
     modality = modalities.get(cfg.task)
-    check_checkpoint(cfg.model.checkpoint, cfg.model.revision, cfg.task)
+    check_checkpoint(cfg.model.checkpoint, cfg.model.revision, cfg.task, cfg.data.max_length)
     with accelerator.main_process_first():  # rank 0 fills the datasets cache, the rest reuse it
         splits, inputs = load_data(modality, cfg.model, cfg.data, cfg.augment, cfg.seed)
     log.info("data: %s", ", ".join(f"{name} {len(ds)}" for name, ds in splits.items()))
@@ -156,7 +159,7 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
     total_steps, scheduler = optim.schedule(
         cfg.scheduler, t, job.optimizer, len(job.loaders.train), accelerator
     )
-    accelerator.register_for_checkpointing(scheduler)
+    checkpoints.track(job.model, job.optimizer, scheduler)
     progress = None
     if resume_from is not None:
         progress = checkpoints.load(resume_from, t.metric)
@@ -226,14 +229,14 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
     return result
 
 
-def finish(cfg: schema.Config, out: RunDir, model, processor, result: dict[str, Any]) -> None:
-    """Rank 0: the model (LoRA merged unless told not to), plots and metrics; then the push."""
-    from sft.finetune import to_save
-
-    model = to_save(model, cfg.finetune)
+def finish(
+    cfg: schema.Config, out: RunDir, model, weights: dict, processor, result: dict[str, Any]
+) -> None:
+    """Rank 0: the model (`weights`, gathered by Accelerate), plots and metrics; the push."""
+    from sft.finetune import save_model
 
     def save(directory: Path) -> None:
-        model.save_pretrained(directory, safe_serialization=True)
+        save_model(model, weights, cfg.finetune, directory)
         processor.save_pretrained(directory)
 
     out.write_results(save, result)
@@ -249,7 +252,7 @@ def finish(cfg: schema.Config, out: RunDir, model, processor, result: dict[str, 
         result["pushed_to"] = push_finished(out, cfg.hub.repo_id, cfg.hub.private)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(schema.CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     # In a sweep each job runs in its own sub-directory: record where this one really is.
     cfg.output_dir = HydraConfig.get().runtime.output_dir
@@ -263,4 +266,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    with cli.composes_config():
+        main()

@@ -54,14 +54,14 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
-    tokenizer = BertTokenizerFast(tokenizer_object=backend, model_max_length=64)
+    tokenizer = BertTokenizerFast(tokenizer_object=backend, model_max_length=512)
     config = BertConfig(
         vocab_size=len(vocab),
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
-        max_position_embeddings=64,
+        max_position_embeddings=512,  # as BERT: recipes' data.max_length fits
     )
     import torch
 

@@ -44,7 +44,7 @@ class HubServer:
         self._server.server_close()
 
 
-_API = re.compile(r"^/api/models/([^/]+/[^/]+)(?:/(preupload|commit|revision)/([^/]+))?$")
+_API = re.compile(r"^/api/models/([^/]+/[^/]+)(?:/(preupload|commit|revision|tree)/([^/]+))?$")
 _RESOLVE = re.compile(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
 
 
@@ -172,6 +172,12 @@ def _handler(hub: HubServer):
                     {"id": match.group(1), "modelId": match.group(1), "sha": repo.commits[-1],
                      "private": repo.private, "siblings": [{"rfilename": f} for f in repo.files]},
                 )  # fmt: skip
+            if match and match.group(2) == "tree":  # the file list snapshot_download reads
+                files = hub.repos[match.group(1)].files.items()
+                tree = [{"type": "file", "path": f, "size": len(data),
+                         "oid": hashlib.sha1(data).hexdigest()} for f, data in files]  # fmt: skip
+                json_type = {"Content-Type": "application/json"}
+                return self._reply(200, json.dumps(tree).encode(), json_type)
             match = _RESOLVE.match(path)
             if not match:
                 return self._error(404, "EntryNotFound", f"no route {path}")

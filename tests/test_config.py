@@ -16,6 +16,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 from sft import config as schema
 from sft.config import to_config
 from sft.errors import SftError
+from sft.validation import RANGES, REGEX_KEYS, validate
 from tests.conftest import ROOT, run_cli
 
 CONF = ROOT / "conf"
@@ -209,14 +210,78 @@ def test_cfg_job_prints_config_from_any_directory(tmp_path):
         ("optimizer.layer_decay=1.5", "optimizer.layer_decay"),
         ("loss.class_weights=2.0", "loss.class_weights"),
         ("trainer.precision=fp8", "trainer.precision"),
+        ("optimizer.lr=0", "optimizer.lr=0.0 is not allowed: it must be more than 0"),
+        ("optimizer.lr=-1e-5", "optimizer.lr=-1e-05 is not allowed"),
+        ("trainer.batch_size=0", "trainer.batch_size=0 is not allowed: it must be at least 1"),
+        ("trainer.epochs=0", "trainer.epochs=0 is not allowed: it must be at least 1"),
+        ("data.eval_fraction=0", "data.eval_fraction=0.0 is not allowed: it must lie in (0, 1)"),
+        ("data.eval_fraction=1", "data.eval_fraction=1.0 is not allowed: it must lie in (0, 1)"),
+        (
+            "data.test_fraction=-0.2",
+            "data.test_fraction=-0.2 is not allowed: it must lie in [0, 1)",
+        ),
+        ("data.test_fraction=1.5", "data.test_fraction=1.5"),
+        ("data.max_length=0", "data.max_length=0 is not allowed: it must be at least 1"),
+        (
+            "loss.label_smoothing=1.0",
+            "loss.label_smoothing=1.0 is not allowed: it must lie in [0, 1)",
+        ),
+        ("data.encodings=[utf-8,utf-77]", "data.encodings: 'utf-77' is not a text encoding"),
+        ("loss.class_weights=[a,b]", "loss.class_weights=['a', 'b'] is not allowed"),
+        ("loss.class_weights=[-1,2]", "one weight (a number, 0 or more) per label"),
+        ("loss.class_weights=[0,0]", "loss.class_weights=[0, 0]"),
+        ("finetune.train=['enc(']", "finetune.train pattern 'enc(' is not a valid regex"),
+        ("finetune.freeze=['[a']", "finetune.freeze pattern '[a' is not a valid regex"),
+        ("finetune.k=0", "finetune.k=0 is not allowed: it must be at least 1"),
+        ("finetune.dropout=1", "finetune.dropout=1.0"),
+        (
+            "scheduler.warmup_ratio=1.5",
+            "scheduler.warmup_ratio=1.5 is not allowed: it must lie in [0, 1]",
+        ),
+        ("trainer.early_stopping_patience=-1", "trainer.early_stopping_patience=-1"),
+        ("trainer.max_grad_norm=-1", "trainer.max_grad_norm=-1.0"),
+        (
+            "optimizer.betas=[0.9,1.5]",
+            "optimizer.betas=[0.9, 1.5] is not allowed: it must lie in [0, 1)",
+        ),
+        ("optimizer.betas=[0.9]", "optimizer.betas=[0.9] is not allowed: give two numbers"),
+        ("augment.hflip=2", "augment.hflip=2.0"),
+        ("augment.noise_snr_db=[30,5]", "augment.noise_snr_db=[30.0, 5.0] is not allowed"),
+        ("seed=-1", "seed=-1 is not allowed: it must be at least 0"),
     ],
 )
 def test_values_the_run_cannot_use_fail_before_anything_loads(override, message):
     cfg = to_config(composed("recipe=bert_news", "output_dir=/tmp/x", override))
     with pytest.raises(SftError, match=re.escape(message)):
-        schema.validate(cfg)
+        validate(cfg)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "data.test_fraction=0",
+        "trainer.max_grad_norm=0",
+        "trainer.early_stopping_patience=0",
+        "scheduler.warmup_ratio=1",
+        "optimizer.layer_decay=1",
+        "trainer.max_steps=null",
+        "loss.class_weights=[0,1.5,2]",
+        "finetune.train=['encoder\\.layer\\.1\\.']",
+    ],
+)
+def test_values_at_the_edge_of_their_range_are_accepted(override):
+    validate(to_config(composed("recipe=bert_news", "output_dir=/tmp/x", override)))
+
+
+def test_every_range_names_a_key_of_the_schema():
+    defaults = schema.Config()
+    for key in [*RANGES, *REGEX_KEYS]:
+        node = defaults
+        for part in key.split("."):
+            assert hasattr(node, part), key
+            node = getattr(node, part)
 
 
 def test_every_recipe_passes_validation():
     for recipe in RECIPES:
-        schema.validate(to_config(composed(f"recipe={recipe}", "output_dir=/tmp/x")))
+        validate(to_config(composed(f"recipe={recipe}", "output_dir=/tmp/x")))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,14 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
+from tests.helpers.distributed import free_port, launch
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_cpu_processes_train_and_count_each_example_once(
@@ -58,23 +52,6 @@ def test_two_cpu_processes_train_and_count_each_example_once(
     rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if r["kind"] == "train"]
     assert steps == sorted(set(steps))  # one writer: no step recorded twice
-
-
-def launch(
-    *args: str, cwd: Path, processes: int = 2, env: dict | None = None
-) -> subprocess.CompletedProcess:
-    """`accelerate launch --multi_gpu --num_processes N <args>` on CPU (gloo), offline."""
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes", str(processes),
-        "--main_process_port", str(free_port()),
-        *args,
-    ]  # fmt: skip
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", **(env or {})}
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
 
 
 def test_ranks_started_seconds_apart_share_one_run_directory(

@@ -76,7 +76,7 @@ def uninterrupted(tmp_path, overrides):
 
 
 def checkpoint_names(run_dir: Path) -> list[str]:
-    return sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    return sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.is_dir())
 
 
 def test_a_completed_run_removes_its_checkpoints(uninterrupted):
@@ -91,6 +91,11 @@ def test_killed_run_resumed_equals_uninterrupted_run(tmp_path, overrides, uninte
     assert killed.returncode == -signal.SIGKILL
     assert not (run_dir / "metrics.json").exists()
     assert checkpoint_names(run_dir) == ["step-00000007", "step-00000009"]  # the last K=2
+    # Safetensors and JSON only. The best weights are step 7's (the only evaluation so far):
+    # step 7 names its own model.safetensors, step 9 one file beside the checkpoints.
+    stored = [p for p in (run_dir / "checkpoints").rglob("*") if p.is_file()]
+    assert {p.suffix for p in stored} == {".safetensors", ".json"}
+    assert [p.name for p in stored if p.name.startswith("best-")] == ["best-00000007.safetensors"]
 
     resumed = run_cli(*args, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -12,6 +12,7 @@ Accepted, in the order they are tried:
 
 from __future__ import annotations
 
+import codecs
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import datasets
 from datasets.exceptions import DatasetsError
 
-from sft.errors import SftError
+from sft.errors import SftError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -150,29 +151,90 @@ def _load_files(
     options: dict = {}
     if builder == "tsv":
         builder, options["sep"] = "csv", "\t"
+    # Each file gets the first encoding of the list that decodes it: one directory may hold a
+    # UTF-16 export beside UTF-8 files.
+    by_encoding: dict[str | None, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for split, group in split_files.items():
-        empty = next((f for f in group if _has_no_rows(f)), None)
-        if empty is not None:
-            raise SftError(f"the {split} split of {empty.parent} is empty ({empty} has no rows)")
-    data_files = {split: [str(f) for f in group] for split, group in split_files.items()}
-    for encoding in encodings:
-        if builder != "parquet":
-            options["encoding"] = encoding
+        for file in group:
+            encoding = None if builder == "parquet" else _encoding_of(file, encodings)
+            if builder != "parquet" and encoding is None:
+                raise SftError(_encoding_message(file, encodings))
+            if _has_no_rows(file, encoding):
+                raise SftError(f"the {split} split of {file.parent} is empty ({file} has no rows)")
+            by_encoding[encoding][split].append(str(file))
+    parts = [
+        _read_files(builder, data_files, {**options, **({"encoding": e} if e else {})})
+        for e, data_files in by_encoding.items()
+    ]
+    return _merge(parts) if len(parts) > 1 else parts[0]
+
+
+def _read_files(
+    builder: str, data_files: dict[str, list[str]], options: dict
+) -> datasets.DatasetDict:
+    try:
+        return datasets.load_dataset(builder, data_files=data_files, **options)
+    except READ_ERRORS as err:
+        files = [Path(f) for group in data_files.values() for f in group]
+        # The reader's error names no file: read them one by one to find the culprit.
+        culprit = next(
+            (f for f in files if len(files) > 1 and _unreadable(builder, f, options)), None
+        )
+        where = culprit or _describe(files)
+        raise SftError(
+            f"could not read {where} as {builder} ({_root_cause(err)}); fix or replace the file"
+        ) from err
+
+
+def _unreadable(builder: str, file: Path, options: dict) -> bool:
+    try:
+        datasets.load_dataset(builder, data_files=str(file), **options)
+    except READ_ERRORS:
+        return True
+    return False
+
+
+def _merge(parts: list[datasets.DatasetDict]) -> datasets.DatasetDict:
+    """One DatasetDict from several, a split's rows in the order of `parts`."""
+    merged = {}
+    for split in dict.fromkeys(s for part in parts for s in part):
+        pieces = [part[split] for part in parts if split in part]
         try:
-            return datasets.load_dataset(builder, data_files=data_files, **options)
-        except READ_ERRORS as err:
-            if not _caused_by(err, UnicodeDecodeError):
-                raise SftError(f"could not read {_describe(files)}: {_root_cause(err)}") from err
-    culprit = next((f for f in files if _decode(f.read_bytes(), encodings) is None), files[0])
-    raise SftError(_encoding_message(culprit, encodings))
+            merged[split] = datasets.concatenate_datasets(
+                [pieces[0], *(p.cast(pieces[0].features) for p in pieces[1:])]
+            )
+        except ValueError as err:
+            raise SftError(
+                f"the {split} files differ in columns or types ({first_line(err)}); give them "
+                f"the same columns"
+            ) from err
+    return datasets.DatasetDict(merged)
 
 
-def _has_no_rows(file: Path) -> bool:
+def _encoding_of(file: Path, encodings: list[str] | tuple[str, ...]) -> str | None:
+    """The first of `encodings` that decodes all of `file` to text without NUL characters (a NUL
+    means a binary file, or UTF-16 read as a one-byte encoding such as latin-1)."""
+    for encoding in encodings:
+        decoder = codecs.getincrementaldecoder(encoding)()
+        try:
+            with file.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    if "\x00" in decoder.decode(chunk):
+                        break
+                else:
+                    decoder.decode(b"", final=True)
+                    return encoding
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
+def _has_no_rows(file: Path, encoding: str | None) -> bool:
     """A CSV/TSV with a header alone, or a JSON(L) file with no records (read cheaply)."""
     if file.suffix == ".parquet":
         return False
-    with file.open("rb") as f:
-        head = [line for line in (f.readline() for _ in range(2)) if line.strip()]
+    with file.open(encoding=encoding) as f:
+        head = [line.encode() for line in (f.readline() for _ in range(2)) if line.strip()]
     if file.suffix in (".csv", ".tsv"):
         return len(head) < 2
     return not head or (
@@ -226,12 +288,26 @@ def _decode(raw: bytes, encodings: list[str] | tuple[str, ...]) -> str | None:
 
 
 def _encoding_message(file: Path, encodings: list[str] | tuple[str, ...]) -> str:
+    tried = ", ".join(encodings)
+    with file.open("rb") as f:
+        head = f.read(1 << 20)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return (
+            f"{file} is UTF-16 text (it starts with a UTF-16 byte-order mark), not {tried}; "
+            f"add utf-16 to data.encodings, e.g. data.encodings=[utf-8,utf-16], or re-save it "
+            f"as UTF-8"
+        )
+    if b"\x00" in head:
+        return (
+            f"{file} is not {tried} text: it holds NUL bytes, so it is a binary file (or UTF-16 "
+            f"without a byte-order mark); replace it with the text data file, or re-save it as "
+            f"UTF-8"
+        )
     try:
-        file.read_bytes().decode(encodings[0])
+        codecs.getincrementaldecoder(encodings[0])().decode(head)  # a cut last char is fine
         detail = ""
     except UnicodeDecodeError as err:
         detail = f" (byte 0x{err.object[err.start]:02x} at position {err.start})"
-    tried = ", ".join(encodings)
     return (
         f"{file} is not valid {tried} text{detail}; re-save it as UTF-8, or list its encoding in "
         f"data.encodings, e.g. data.encodings=[utf-8,latin-1]"
@@ -258,14 +334,6 @@ def _rename_splits(loaded: datasets.DatasetDict, source: Path | str) -> datasets
         elif canonical not in renamed:
             renamed[canonical] = ds
     return datasets.DatasetDict(renamed)
-
-
-def _caused_by(err: BaseException | None, kind: type) -> bool:
-    while err is not None:
-        if isinstance(err, kind):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
 
 
 def _root_cause(err: BaseException) -> str:

@@ -82,6 +82,7 @@ def build_splits(
         if len(ds) == 0:
             raise SftError(f"the {split} split of {source} is empty; it needs at least one row")
 
+    _check_labels_filled(raw["train"], "train", source, label_column)
     names, encode = _label_names(raw["train"], label_column)
     if len(names) < 2:
         raise SftError(
@@ -96,6 +97,8 @@ def build_splits(
             # Hub benchmarks (GLUE...) ship test splits with hidden labels, as -1.
             log.warning("ignoring the %s split of %s: it has no labels", split, source)
             continue
+        if split != "train":  # train was checked before its labels were named
+            _check_labels_filled(ds, split, source, label_column)
         unseen = sorted({str(v) for v in values if encode(v) is None})
         if unseen:
             raise SftError(
@@ -128,10 +131,6 @@ def _label_names(train: datasets.Dataset, column: str):
         names = list(feature.names)
         return names, lambda v: v if isinstance(v, int) and 0 <= v < len(names) else None
     values = set(train[column])
-    if None in values:
-        raise SftError(
-            f"the train split has empty labels in column '{column}'; fill or drop those rows"
-        )
     if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
         ordered = sorted(values)
     else:
@@ -139,6 +138,17 @@ def _label_names(train: datasets.Dataset, column: str):
     names = [str(v) for v in ordered]
     index = {str(v): i for i, v in enumerate(ordered)}
     return names, lambda v: index.get(str(v))
+
+
+def _check_labels_filled(ds: datasets.Dataset, split: str, source: str, column: str) -> None:
+    """An SftError naming the rows whose label is empty (a blank CSV cell reads as None or NaN)."""
+    values = ds[column]
+    empty = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and v != v)]
+    if empty:
+        raise SftError(
+            f"the {split} split of {source} has {len(empty)} empty label(s) in column "
+            f"'{column}' (the first in row {empty[0] + 1}); fill or drop those rows"
+        )
 
 
 def _stratified_split(

@@ -1,0 +1,163 @@
+"""Values the schema's types allow but a run cannot use (lr <= 0, a fraction outside (0, 1), a
+regex that does not compile, ...): `validate` refuses them before anything loads, naming the key,
+the value and the range it must lie in."""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import re
+from typing import Any
+
+from sft.config import Config
+from sft.errors import SftError
+
+SCHEDULERS = {
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+}
+METRICS = {"f1", "accuracy", "loss"}
+PRECISIONS = {"auto", "fp32", "bf16", "fp16"}
+# The numbers each numeric key accepts, as intervals: "[" and "]" include an end, "(" and ")"
+# exclude it. Optional keys left unset (None) are not checked; a list is checked item by item.
+RANGES = {
+    "seed": "[0, inf)",  # numpy refuses negative seeds
+    "data.max_length": "[1, inf)",
+    "data.max_duration": "(0, inf)",
+    "data.eval_fraction": "(0, 1)",
+    "data.test_fraction": "[0, 1)",  # 0: no test split carved out of train
+    "data.max_train_samples": "[1, inf)",
+    "data.max_eval_samples": "[1, inf)",
+    "data.num_workers": "[0, inf)",
+    "augment.zoom": "[0, 1)",  # 1 would crop to nothing
+    "augment.hflip": "[0, 1]",
+    "augment.shear": "[0, inf)",
+    "augment.color_jitter": "[0, inf)",
+    "augment.gain_db": "[0, inf)",
+    "augment.shift": "[0, 1]",
+    "augment.p": "[0, 1]",
+    "finetune.k": "[1, inf)",
+    "finetune.every": "[1, inf)",
+    "finetune.r": "[1, inf)",
+    "finetune.alpha": "(0, inf)",
+    "finetune.dropout": "[0, 1)",
+    "finetune.cache_max_gib": "[0, inf)",
+    "loss.label_smoothing": "[0, 1)",  # 1 would spread all target mass evenly: nothing to learn
+    "optimizer.lr": "(0, inf)",
+    "optimizer.head_lr": "(0, inf)",
+    "optimizer.layer_decay": "(0, 1]",
+    "optimizer.weight_decay": "[0, inf)",
+    "optimizer.betas": "[0, 1)",
+    "optimizer.eps": "(0, inf)",
+    "scheduler.warmup_ratio": "[0, 1]",
+    "trainer.epochs": "[1, inf)",
+    "trainer.max_steps": "[1, inf)",
+    "trainer.batch_size": "[1, inf)",
+    "trainer.eval_batch_size": "[1, inf)",
+    "trainer.grad_accum_steps": "[1, inf)",
+    "trainer.max_grad_norm": "[0, inf)",  # 0: no clipping
+    "trainer.eval_every": "[1, inf)",
+    "trainer.log_every": "[1, inf)",
+    "trainer.early_stopping_patience": "[0, inf)",  # 0: never stop early
+    "trainer.checkpoint_every": "[0, inf)",
+    "trainer.keep_checkpoints": "[0, inf)",
+}
+# Keys whose values are regular expressions, matched against parameter names.
+REGEX_KEYS = ("finetune.train", "finetune.freeze")
+
+
+def within(value: float, interval: str) -> bool:
+    """Whether `value` lies in `interval`, written as in RANGES."""
+    low, high = (float(end) for end in interval[1:-1].split(","))
+    above = value > low if interval[0] == "(" else value >= low
+    below = value < high if interval[-1] == ")" else value <= high
+    return above and below
+
+
+def _must(interval: str) -> str:
+    """An interval as the error message says it: "be at least 1", "lie in [0, 1)"."""
+    low, high = interval[1:-1].split(", ")
+    if high == "inf":
+        return f"be {'more than' if interval[0] == '(' else 'at least'} {low}"
+    return f"lie in {interval}"
+
+
+def validate(cfg: Config) -> None:
+    """Values the types allow but the run cannot use: fail before anything loads."""
+
+    def check(ok: bool, key: str, value: Any, want: str) -> None:
+        if not ok:
+            raise SftError(f"{key}={value} is not allowed: {want}")
+
+    def value_of(key: str) -> Any:
+        return functools.reduce(getattr, key.split("."), cfg)
+
+    from sft.modalities import TASKS
+
+    t = cfg.trainer
+    check(cfg.task in TASKS, "task", cfg.task, f"use one of {', '.join(TASKS)}")
+    check(t.metric in METRICS, "trainer.metric", t.metric, f"use one of {sorted(METRICS)}")
+    check(
+        t.precision in PRECISIONS,
+        "trainer.precision",
+        t.precision,
+        f"use one of {sorted(PRECISIONS)}",
+    )
+    name = cfg.scheduler.name
+    check(name in SCHEDULERS, "scheduler.name", name, f"use one of {sorted(SCHEDULERS)}")
+    for key, interval in RANGES.items():
+        value = value_of(key)
+        if value is None:
+            continue
+        for number in value if isinstance(value, list) else [value]:
+            check(within(number, interval), key, value, f"it must {_must(interval)}")
+    betas = cfg.optimizer.betas
+    check(len(betas) == 2, "optimizer.betas", betas, "give two numbers, e.g. [0.9, 0.999]")
+    snr = cfg.augment.noise_snr_db
+    check(
+        snr is None or (len(snr) == 2 and snr[0] <= snr[1]),
+        "augment.noise_snr_db",
+        snr,
+        "give [min, max] in dB, min first",
+    )
+    for encoding in cfg.data.encodings:
+        try:
+            codecs.lookup(encoding)
+        except LookupError as err:
+            raise SftError(
+                f"data.encodings: '{encoding}' is not a text encoding Python knows; use names "
+                f"such as utf-8, utf-16, latin-1, cp1252"
+            ) from err
+    for key in REGEX_KEYS:
+        for pattern in value_of(key):
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise SftError(
+                    f"{key} pattern '{pattern}' is not a valid regex ({err}); escape characters "
+                    f"meant literally with a backslash, e.g. '\\(' for '('"
+                ) from err
+    check(
+        not cfg.push_to_hub or bool(cfg.hub.repo_id),
+        "push_to_hub",
+        cfg.push_to_hub,
+        "it needs hub.repo_id=<user/name> to know where to push",
+    )
+    weights = cfg.loss.class_weights
+    check(
+        weights in ("none", "auto")
+        or (
+            isinstance(weights, list)
+            and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
+            and min(weights, default=0) >= 0
+            and sum(weights) > 0
+        ),
+        "loss.class_weights",
+        weights,
+        "use none, auto, or a list with one weight (a number, 0 or more) per label",
+    )

@@ -1,0 +1,183 @@
+"""Bad environments and bad command inputs, through the real CLI: an unwritable output_dir, a
+full disk, a bad input aimed at a finished run, commands given a directory that is no run, a
+push without a token. Each ends in one `error:` line naming the culprit and the fix."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sft.checkpoint import incomplete
+from tests.conftest import run_cli
+from tests.test_bad_input import error_line
+from tests.test_push import TOKEN, hub, hub_env, push  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.slow
+
+# What the tiny text runs here train with: a few steps of milliseconds each.
+TINY = ["trainer.epochs=2", "trainer.batch_size=16", "data.max_length=32", "trainer.progress=false"]
+FILE_LIMIT = 50_000  # bytes: above every log and config file, below the tiny model's weights
+
+
+def train_command(checkpoint, corpus, run_dir, *overrides: str) -> list[str]:
+    return [
+        sys.executable, "-m", "sft.train", f"model.checkpoint={checkpoint}",
+        f"data.path={corpus}", f"output_dir={run_dir}", *TINY, *overrides,
+    ]  # fmt: skip
+
+
+def cli_env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def no_writes_past_the_limit() -> None:
+    """In the child: a write past FILE_LIMIT bytes fails with EFBIG, as on a full disk (the
+    signal it would also raise is ignored, as Python itself does)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
+
+
+def disk_full_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr[-4000:]
+    line = error_line(stderr)
+    assert "File too large (no space left on the disk, or a file-size limit" in line
+    assert "free some space and run the same command again" in line
+    return line
+
+
+def test_output_dir_in_a_read_only_folder_is_refused_even_for_root(
+    tmp_path, tiny_checkpoint, text_corpus
+):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)  # root could write here anyway: sft refuses it all the same
+    run_dir = locked / "runs" / "one"
+    result = run_cli(
+        f"model.checkpoint={tiny_checkpoint}", f"data.path={text_corpus}",
+        f"output_dir={run_dir}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    line = error_line(result.stderr)
+    assert f"output_dir {run_dir} cannot be written: {locked} is read-only (dr-xr-xr-x)" in line
+    assert "choose another output_dir" in line
+    assert list(locked.iterdir()) == []  # Hydra did not create it either
+
+
+def test_disk_full_while_writing_the_model_leaves_no_result(tmp_path, tiny_checkpoint, text_corpus):
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        train_command(tiny_checkpoint, text_corpus, run_dir, "trainer.keep_checkpoints=0"),
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600,
+        preexec_fn=no_writes_past_the_limit,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = disk_full_line(result.stderr)
+    assert f"could not write {run_dir / 'model.partial' / 'model.safetensors'}" in line
+    assert not (run_dir / "model").exists() and not (run_dir / "metrics.json").exists()
+    assert not (run_dir / "model.partial").exists()  # its space is given back
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_last_one_and_resume_finishes(
+    tmp_path, tiny_checkpoint, text_corpus
+):
+    run_dir = tmp_path / "run"
+    command = train_command(
+        tiny_checkpoint, text_corpus, run_dir,
+        "trainer.epochs=10", "trainer.checkpoint_every=1",
+    )  # fmt: skip
+    child = subprocess.Popen(
+        command, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list(run_dir.glob("checkpoints/step-*/complete.json")):
+        assert child.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.02)
+    # The disk fills up: every later write past the limit fails (the next checkpoint's weights).
+    resource.prlimit(child.pid, resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
+    _, stderr = child.communicate(timeout=600)
+    assert child.returncode == 2, stderr[-3000:]
+    line = disk_full_line(stderr)
+    assert f"could not write {run_dir / 'checkpoints'}" in line
+    assert not (run_dir / "model").exists() and not (run_dir / "metrics.json").exists()
+    complete = sorted(run_dir.glob("checkpoints/step-*"))
+    assert complete and incomplete(complete[-1]) is None
+
+    again = subprocess.run(
+        command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from {complete[-1]}" in again.stdout + again.stderr
+    assert (run_dir / "metrics.json").is_file()
+
+
+def snapshot(run_dir) -> dict[str, str]:
+    """Every file of a run and a digest of its contents; not Hydra's record of the latest command
+    (.hydra/), the log every attempt appends to, or the lock file a live run holds."""
+    return {
+        str(path.relative_to(run_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(run_dir.rglob("*"))
+        if path.is_file()
+        and path.relative_to(run_dir).parts[0] not in (".hydra", "train.log", ".lock")
+    }
+
+
+def test_bad_input_aimed_at_a_finished_run_leaves_it_untouched(
+    tmp_path, trained_text_run, tiny_checkpoint
+):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_text_run[0], run_dir)
+    before = snapshot(run_dir)
+    assert "metrics.json" in before and "model/model.safetensors" in before
+    # resume=never starts over: it used to clear the results before finding the data missing.
+    result = run_cli(
+        f"model.checkpoint={tiny_checkpoint}", f"data.path={tmp_path / 'nowhere'}",
+        f"output_dir={run_dir}", "resume=never", "trainer.progress=false", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "does not exist" in error_line(result.stderr)
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_a_command_on_a_directory_that_is_no_run_nor_model(tmp_path, text_corpus, command):
+    # (sft.export: tests/test_export.py::test_a_directory_without_a_model_is_named)
+    stray = tmp_path / "notes"
+    stray.mkdir()
+    (stray / "todo.txt").write_text("buy milk")
+    args = {"predict": ["some text"], "evaluate": [f"data.path={text_corpus}"]}[command]
+    result = run_cli(str(stray), *args, cwd=tmp_path, module=f"sft.{command}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    line = error_line(result.stderr)
+    assert f"{stray} is neither a run directory (with model/ and config.yaml)" in line
+    assert "nor a model directory (with config.json)" in line
+
+
+def test_push_without_a_token_says_how_to_set_one(tmp_path, hub, trained_text_run):  # noqa: F811
+    result = push(
+        trained_text_run[0], "--repo-id", "me/x", env=hub_env(hub, tmp_path), cwd=tmp_path
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    line = error_line(result.stderr)
+    assert "no hub token is set" in line and "HF_TOKEN" in line and "hf auth login" in line
+    assert hub.requests == []  # nothing was sent
+
+
+def test_push_to_hub_without_a_token_fails_before_training(tmp_path, hub, tiny_checkpoint):  # noqa: F811
+    result = subprocess.run(
+        [sys.executable, "-m", "sft.train", f"model.checkpoint={tiny_checkpoint}",
+         f"output_dir={tmp_path / 'run'}", "push_to_hub=true", "hub.repo_id=me/x"],
+        cwd=tmp_path, env=hub_env(hub, tmp_path), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    line = error_line(result.stderr)
+    assert "push_to_hub=true but no hub token is set" in line and "HF_TOKEN" in line
+    assert not (tmp_path / "run" / "history.jsonl").exists()  # nothing trained

@@ -1,0 +1,160 @@
+"""The checkpoint format, in-process on the tiny BERT: nothing in a checkpoint is a pickle and
+resuming unpickles nothing, yet training continues exactly; each set of weights is stored once
+(the best weights in one shared file, removed when no checkpoint names it); and sharded
+plugins (FSDP) are refused with one line."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+from transformers import get_scheduler
+
+from sft.checkpoint import Checkpoints
+from sft.config import OptimizerConfig
+from sft.model import load_classifier
+from sft.optim import make_optimizer, param_groups
+from sft.run_dir import RunDir
+from sft.state import Best, Evaluation, Progress
+from tests.helpers.distributed import ACCELERATE, cpu_env, free_port
+
+
+class Training:
+    """The tiny BERT, AdamW and a linear schedule, prepared by Accelerate, with checkpoints in
+    `run_dir`; each step draws its batch from the global RNGs and trains with dropout, so an
+    exact continuation needs the RNG states as well as the weights."""
+
+    def __init__(self, checkpoint: Path, run_dir: Path, keep: int = 2):
+        self.accelerator = Accelerator(cpu=True)
+        model = load_classifier(str(checkpoint), ["a", "b", "c"])
+        optimizer = make_optimizer(
+            param_groups(model, lr=5e-3, weight_decay=0.01), OptimizerConfig()
+        )
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.scheduler = get_scheduler("linear", self.optimizer, 2, 20)
+        self.checkpoints = Checkpoints(self.accelerator, RunDir(run_dir), keep)
+        self.checkpoints.track(self.model, self.optimizer, self.scheduler)
+        self.progress = Progress(Best("f1"))
+
+    def steps(self, n: int) -> list[float]:
+        losses = []
+        self.model.train()
+        for _ in range(n):
+            ids = torch.randint(5, 30, (4, 12))
+            labels = torch.from_numpy(np.random.randint(0, 3, size=4))
+            loss = torch.nn.functional.cross_entropy(self.model(input_ids=ids).logits, labels)
+            self.accelerator.backward(loss)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+            self.progress.step += 1
+            losses.append(loss.item())
+        return losses
+
+    def evaluated(self, f1: float) -> None:
+        """Record an evaluation scoring `f1` at the current step (the best if it is higher)."""
+        evaluation = Evaluation(1 - f1, np.array([0, 1]), np.array([0, 2]), {"f1": f1})
+        weights = partial(self.accelerator.get_state_dict, self.model)
+        self.progress.best.update(evaluation, self.progress.step, weights)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.accelerator.get_state_dict(self.model).items()}
+
+
+def files(directory: Path) -> dict[str, int]:
+    return {f.name: f.stat().st_size for f in directory.iterdir() if f.is_file()}
+
+
+def test_resuming_unpickles_nothing_and_continues_exactly(tmp_path, tiny_checkpoint, monkeypatch):
+    torch.manual_seed(0)
+    np.random.seed(0)
+    first = Training(tiny_checkpoint, tmp_path / "run")
+    first.steps(2)
+    first.evaluated(0.5)
+    best_weights = first.weights()
+    first.steps(1)
+    checkpoint = first.checkpoints.save(first.progress)
+    expected_losses, expected_weights = first.steps(3), first.weights()
+
+    assert {Path(name).suffix for name in files(checkpoint)} == {".safetensors", ".json"}
+
+    def unpickling(*args, **kwargs):
+        raise AssertionError("a checkpoint was unpickled")
+
+    for module, name in ((pickle, "load"), (pickle, "loads"), (torch, "load")):
+        monkeypatch.setattr(module, name, unpickling)
+    torch.manual_seed(1)  # other RNG states and other initial head weights: the load restores
+    np.random.seed(1)
+    second = Training(tiny_checkpoint, tmp_path / "run")
+    second.progress = second.checkpoints.load(checkpoint, "f1")
+
+    assert second.progress.step == 3 and second.progress.best.step == 2
+    for name, tensor in best_weights.items():
+        torch.testing.assert_close(second.progress.best.state[name], tensor, rtol=0, atol=0)
+    assert second.steps(3) == expected_losses
+    for name, tensor in expected_weights.items():
+        torch.testing.assert_close(second.weights()[name], tensor, rtol=0, atol=0)
+
+
+def test_each_set_of_weights_is_stored_once(tmp_path, tiny_checkpoint):
+    run = Training(tiny_checkpoint, tmp_path / "run", keep=2)
+    root = run.checkpoints.root
+    run.steps(1)
+    run.evaluated(0.5)  # the best is the current step: the checkpoint's own weights
+    step_1 = run.checkpoints.save(run.progress)
+    run.steps(1)
+    step_2 = run.checkpoints.save(run.progress)
+    run.steps(1)
+    step_3 = run.checkpoints.save(run.progress)
+
+    def best_of(checkpoint: Path) -> str:
+        return json.loads((checkpoint / "progress.json").read_text())["best_weights"]
+
+    assert not step_1.exists()  # keep=2
+    assert best_of(step_2) == best_of(step_3) == "../best-00000001.safetensors"
+    assert sorted(p.name for p in root.glob("best-*")) == ["best-00000001.safetensors"]
+    weights = files(step_3)["model.safetensors"]
+    assert files(root)["best-00000001.safetensors"] == weights
+    # Besides the optimizer's state, one copy of the weights and small files (RNG, JSON).
+    sizes = files(step_3)
+    assert sum(sizes.values()) - sizes["optimizer.safetensors"] < 1.5 * weights
+
+    run.evaluated(0.9)
+    step_3 = run.checkpoints.save(run.progress)  # the best again, at the current step
+    assert best_of(step_3) == "model.safetensors"
+    run.steps(1)
+    step_4 = run.checkpoints.save(run.progress)
+    assert best_of(step_4) == "../best-00000003.safetensors"
+    # Step 2 went with keep=2, and no kept checkpoint names the best weights of step 1 now.
+    assert sorted(p.name for p in root.glob("best-*")) == ["best-00000003.safetensors"]
+
+
+@pytest.mark.slow
+def test_fsdp_is_refused_with_one_line(tmp_path, tiny_checkpoint, text_corpus):
+    command = [
+        *ACCELERATE,
+        "--use_fsdp",
+        "--num_processes", "2",
+        "--main_process_port", str(free_port()),
+        "-m", "sft.train",
+        "recipe=bert_news",
+        f"model.checkpoint={tiny_checkpoint}",
+        f"data.path={text_corpus}",
+        f"output_dir={tmp_path / 'run'}",
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=tmp_path, env=cpu_env(), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0
+    refusals = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert refusals and "ACCELERATE_USE_FSDP=true" in refusals[0], result.stderr[-3000:]
+    assert "sharded training (FSDP, DeepSpeed, Megatron-LM) is not supported" in refusals[0]
+    assert 'sft/accelerator.py"' not in result.stderr  # no traceback through sft
+    assert not (tmp_path / "run" / "model").exists()
