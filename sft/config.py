@@ -262,6 +262,17 @@ def package_path(package: str, subpath: str = "") -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / subpath)
 
 
+def converted_path(name: str) -> str:
+    """A pretrained checkpoint shipped in a package in another format, converted (once, cached)
+    into a Hugging Face checkpoint directory: see sft.pretrained."""
+    from sft import pretrained
+
+    try:
+        return str(pretrained.checkpoint(name))
+    except SftError as err:
+        raise ValueError(str(err)) from err  # to_config reports a resolver's ValueError as is
+
+
 def repo_path(subpath: str = "") -> str:
     """A path inside the sft checkout (where `make` prepares data), from any working directory."""
     return str(Path(__file__).resolve().parents[1] / subpath)
@@ -289,7 +300,8 @@ def launch_time() -> datetime:
 
 def register() -> None:
     """Make the schema and the `${sft.package:...}` / `${sft.repo:...}` /
-    `${sft.launch_time:<strftime format>}` / `${sft.sweep_name:}` resolvers known."""
+    `${sft.converted:...}` / `${sft.launch_time:<strftime format>}` / `${sft.sweep_name:}`
+    resolvers known."""
     ConfigStore.instance().store(name="schema", node=Config)
     if not OmegaConf.has_resolver("sft.sweep_name"):
         from sft.sweep import sweep_name
@@ -303,3 +315,5 @@ def register() -> None:
         OmegaConf.register_new_resolver("sft.package", package_path)
     if not OmegaConf.has_resolver("sft.repo"):
         OmegaConf.register_new_resolver("sft.repo", repo_path)
+    if not OmegaConf.has_resolver("sft.converted"):
+        OmegaConf.register_new_resolver("sft.converted", converted_path)

@@ -36,7 +36,8 @@ def test_task_names_appear_only_in_the_registry_and_the_schema(path):
     assert not re.search(pattern, path.read_text()), f"{path.name} names a task: ask the registry"
 
 
-COMMANDS = ("train", "predict", "evaluate", "export", "push", "prepare")  # python -m sft.<name>
+# python -m sft.<name>
+COMMANDS = ("train", "predict", "evaluate", "export", "push", "prepare", "convert")
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
