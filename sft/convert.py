@@ -1,7 +1,9 @@
-"""`python -m sft.convert efficientnet-lite0 [--out DIR]`: a pretrained checkpoint that ships in a
-package in another format, as a Hugging Face checkpoint directory (converted, verified against
-the original computation, cached). Prints the directory. `--untrained --out DIR`: the same
-architecture with random weights, to measure training from scratch against."""
+"""`python -m sft.convert NAME`: a package's pretrained weights as a Hugging Face checkpoint.
+
+A pretrained checkpoint that ships in a package in another format becomes a checkpoint directory
+(converted, verified against the original computation, cached; `--out DIR` puts it elsewhere,
+`--OPTION VALUE` sets the converter's options). Prints the directory. `--untrained --out DIR`: the
+same architecture with random weights, to measure training from scratch against."""
 
 from __future__ import annotations
 
@@ -12,11 +14,21 @@ from sft.errors import SftError
 
 
 def work(args: argparse.Namespace) -> str:
+    given = {k: getattr(args, k) for k in _options() if getattr(args, k) is not None}
     if args.untrained:
         if not args.out:
             raise SftError("--untrained needs --out DIR (it is not cached)")
-        return str(pretrained.untrained(args.name, args.out))
-    return str(pretrained.checkpoint(args.name, args.out))
+        return str(pretrained.untrained(args.name, args.out, **given))
+    return str(pretrained.checkpoint(args.name, args.out, **given))
+
+
+def _options() -> dict[str, str]:
+    """Every converter's options (name -> help, naming the converters that take it)."""
+    helps: dict[str, list[str]] = {}
+    for name in pretrained.CONVERTERS:
+        for option, text in pretrained.converter_of(name).OPTIONS.items():
+            helps.setdefault(option, []).append(f"{name}: {text}")
+    return {option: "; ".join(texts) for option, texts in helps.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="the same architecture with random weights: the from-scratch baseline",
     )
+    for option, text in _options().items():
+        parser.add_argument(f"--{option}", help=text)
     cli.run(parser, work, argv)
 
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+import psutil
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -92,6 +93,7 @@ class _Run:
         self.batches_per_epoch = batches
         self.eval_every = settings.eval_every or math.ceil(batches / settings.grad_accum_steps)
         self.stopped_early = False
+        self.startup_seconds: float | None = None
         self.start = time.perf_counter() - p.seconds
         self.bar = tqdm(
             total=total_steps,
@@ -111,6 +113,8 @@ class _Run:
         p.seen += size * self.accelerator.num_processes
 
     def count_step(self) -> None:
+        if self.startup_seconds is None:  # since this process started, as the OS records it
+            self.startup_seconds = round(time.time() - psutil.Process().create_time(), 1)
         self.p.step += 1
         self.bar.update()
 
@@ -181,7 +185,7 @@ class _Run:
     def outcome(self, preempted: bool = False) -> Outcome:
         self.bar.close()
         seconds = self.p.seconds if preempted else time.perf_counter() - self.start
-        return Outcome(self.p.step, self.p.best, seconds, preempted)
+        return Outcome(self.p.step, self.p.best, seconds, preempted, self.startup_seconds)
 
 
 def final_evaluations(

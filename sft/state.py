@@ -142,3 +142,11 @@ class Outcome:
     best: Best
     train_seconds: float
     preempted: bool = False  # stopped by `should_stop` after a checkpoint, to be resumed
+    startup_seconds: float | None = None  # from this process's start to its first step's end
+
+    def timings(self) -> dict[str, float | None]:
+        """For metrics.json: training time (validation included) and start-up, in seconds."""
+        return {
+            "train_seconds": round(self.train_seconds, 1),
+            "startup_seconds": self.startup_seconds,
+        }

@@ -222,7 +222,7 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
         **final_report(final, validation, labels, split),
         "best_step": outcome.best.step,
         "steps": outcome.steps,
-        "train_seconds": round(outcome.train_seconds, 1),
+        **outcome.timings(),
     }
     if job.cache is not None and job.cache.features:
         result["feature_cache_seconds"] = round(job.cache.seconds, 1)  # spent before training

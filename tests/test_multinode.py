@@ -82,7 +82,7 @@ def read_run(run: Path) -> tuple[list[dict], dict]:
     """History rows and final metrics, without the timings (they differ between any two runs)."""
     rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     metrics = json.loads((run / "metrics.json").read_text())
-    timings = {"examples_per_s", "train_seconds"}
+    timings = {"examples_per_s", "train_seconds", "startup_seconds"}
     rows = [{k: v for k, v in row.items() if k not in timings} for row in rows]
     return rows, {k: v for k, v in metrics.items() if k not in timings}
 

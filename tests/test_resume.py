@@ -63,7 +63,7 @@ def outcome(run_dir: Path):
     for row in rows:
         row.pop("examples_per_s", None)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    metrics.pop("train_seconds")
+    metrics.pop("train_seconds"), metrics.pop("startup_seconds")
     return rows, metrics
 
 

@@ -1,8 +1,8 @@
-"""Audio: decode WAV/FLAC/OGG with soundfile (libsndfile ships in its wheel, so no FFmpeg
-and no torchcodec), mix to mono, resample with soxr to the feature extractor's rate, crop or
-pad to `max_duration`, augment train clips (audiomentations), then the checkpoint's feature
-extractor. Batches are grouped by duration so little compute goes to padding. Inputs to `predict`
-are audio files."""
+"""Audio: decode WAV/FLAC/OGG with soundfile (libsndfile ships in its wheel, so no FFmpeg and no
+torchcodec), mix to mono, resample with soxr to the feature extractor's rate, crop to `max_duration`
+(and to a Whisper-style extractor's fixed window), augment train clips (audiomentations), then the
+checkpoint's feature extractor. Batches are grouped by duration so little compute goes to padding.
+Inputs to `predict` are audio files."""
 
 from __future__ import annotations
 
@@ -37,11 +37,14 @@ class AudioInputs(Inputs):
         revision: str | None = None,
     ):
         self.column = column
-        self.max_duration = max_duration
         self.augment = augment
         self.processor = load_feature_extractor(checkpoint, revision)
         self.sampling_rate = int(self.processor.sampling_rate)
         self.padding = padding(self.processor)
+        window = window_seconds(self.processor)
+        if window is not None and (max_duration is None or max_duration > window):
+            max_duration = window  # cropped like any long clip, not cut at the end by the extractor
+        self.max_duration = max_duration
 
     def encode(self, splits: Splits) -> Splits:
         """Check that every clip's header reads and that it is not empty; record its duration.
@@ -107,7 +110,13 @@ class AudioInputs(Inputs):
 def padding(processor) -> str:
     """How a feature extractor pads a batch. Whisper-style extractors work on a fixed window
     (`n_samples`, 30 s) that the encoder requires whole; the rest pad to the longest clip."""
-    return "max_length" if hasattr(processor, "n_samples") else "longest"
+    return "max_length" if window_seconds(processor) else "longest"
+
+
+def window_seconds(processor) -> float | None:
+    """The fixed window of a Whisper-style extractor, in seconds (None for the others)."""
+    samples = getattr(processor, "n_samples", None)
+    return samples / processor.sampling_rate if samples else None
 
 
 def load_audio(value: dict, sampling_rate: int) -> np.ndarray:

