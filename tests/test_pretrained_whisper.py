@@ -133,6 +133,8 @@ def test_the_resolver_takes_the_window_and_refuses_extra_options(tmp_path, monke
     [
         (lambda real: real[:1_000_000], "the file ends at byte 1000000"),
         (lambda real: b"\x07\x00\x00\x00" + real[4:], "binary version 7"),
+        # byte 48: the first variable's (decoder/activation, a scalar) data type
+        (lambda real: real[:48] + b"\x09" + real[49:], "unknown data type (9)"),
     ],
 )
 def test_a_corrupt_package_is_named_with_how_to_reinstall(tmp_path, weights, why):

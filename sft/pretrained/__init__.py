@@ -19,6 +19,7 @@ where you like. Each converter module (`CONVERTERS`) has:
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -114,10 +115,21 @@ def _up_to_date(out: Path, source: Path, settings: dict) -> bool:
     fingerprint = _fingerprint(source)
     if all(record.get(key) == value for key, value in fingerprint.items()):
         return True
-    return record.get("source_sha256") == _sha256(source)
+    if record.get("source_sha256") != _sha256(source):
+        return False
+    # The same bytes under a new path or mtime: note them, so the next check is the cheap one.
+    (out / RECORD).write_text(json.dumps(record | fingerprint, indent=2) + "\n")
+    return True
 
 
 def _sha256(path: Path) -> str:
+    """The file's sha256, computed once per process for each state of the file."""
+    stat = path.stat()
+    return _sha256_of(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache
+def _sha256_of(path: Path, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

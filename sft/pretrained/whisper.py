@@ -82,7 +82,10 @@ def read(path: Path) -> dict[str, torch.Tensor]:
     for _ in range(take("I")):
         name = text()
         shape = [take("I") for _ in range(take("B"))]
-        dtype = DTYPES[take("B")]
+        dtype_id = take("B")
+        if dtype_id >= len(DTYPES):
+            raise ValueError(f"variable {name} has an unknown data type ({dtype_id})")
+        dtype = DTYPES[dtype_id]
         size = take("I")
         if at + size > len(data):
             raise ValueError(f"the file ends at byte {len(data)}, inside variable {name}")
