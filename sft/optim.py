@@ -121,7 +121,11 @@ def make_optimizer(groups: list[dict], settings: OptimizerConfig) -> torch.optim
         if (params := [p for p in g["params"] if p.requires_grad])
     ]
     return torch.optim.AdamW(
-        trainable, lr=settings.lr, betas=tuple(settings.betas), eps=settings.eps
+        trainable,
+        lr=settings.lr,
+        betas=tuple(settings.betas),
+        eps=settings.eps,
+        fused=settings.fused,
     )
 
 

@@ -23,6 +23,7 @@ SCHEDULERS = {
 }
 METRICS = {"f1", "accuracy", "loss"}
 PRECISIONS = {"auto", "fp32", "bf16", "fp16"}
+SAMPLERS = {"default", "shuffle", "balanced"}
 # The numbers each numeric key accepts, as intervals: "[" and "]" include an end, "(" and ")"
 # exclude it. Optional keys left unset (None) are not checked; a list is checked item by item.
 RANGES = {
@@ -108,6 +109,8 @@ def validate(cfg: Config) -> None:
         t.precision,
         f"use one of {sorted(PRECISIONS)}",
     )
+    sampler = cfg.data.sampler
+    check(sampler in SAMPLERS, "data.sampler", sampler, f"use one of {sorted(SAMPLERS)}")
     name = cfg.scheduler.name
     check(name in SCHEDULERS, "scheduler.name", name, f"use one of {sorted(SCHEDULERS)}")
     for key, interval in RANGES.items():

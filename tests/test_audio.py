@@ -12,7 +12,9 @@ import pytest
 import soundfile
 import torch
 
+from sft.config import DataConfig, TrainerConfig
 from sft.data import build_splits, load_raw
+from sft.data.loaders import loaders
 from sft.errors import SftError
 from sft.modalities.audio import DURATION, AudioInputs, audio_augmenter, load_audio
 from sft.prepare import tiny_model
@@ -109,8 +111,8 @@ def test_short_clips_are_padded_with_an_attention_mask(audiofolder, tiny_wav2vec
 
 def test_train_batches_are_grouped_by_duration(audiofolder, tiny_wav2vec2):
     encoded, inputs = encoded_splits(audiofolder, tiny_wav2vec2)
-    sampler = inputs.sampler(encoded.train, 4, torch.Generator().manual_seed(0))
-    order = list(sampler)
+    drawn = loaders(encoded, inputs, DataConfig(), TrainerConfig(batch_size=4), seed=0)
+    order = list(drawn.train.sampler)
     assert sorted(order) == list(range(len(encoded.train)))
     durations = np.array(encoded.train[DURATION])[order]
     spread_grouped = np.mean([np.ptp(durations[i : i + 4]) for i in range(0, len(order), 4)])

@@ -210,6 +210,7 @@ def test_cfg_job_prints_config_from_any_directory(tmp_path):
         ("optimizer.layer_decay=1.5", "optimizer.layer_decay"),
         ("loss.class_weights=2.0", "loss.class_weights"),
         ("trainer.precision=fp8", "trainer.precision"),
+        ("data.sampler=random", "data.sampler=random is not allowed: use one of ['balanced',"),
         ("optimizer.lr=0", "optimizer.lr=0.0 is not allowed: it must be more than 0"),
         ("optimizer.lr=-1e-5", "optimizer.lr=-1e-05 is not allowed"),
         ("trainer.batch_size=0", "trainer.batch_size=0 is not allowed: it must be at least 1"),

@@ -12,7 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from sft.config import DataConfig, TrainerConfig
 from sft.data import build_splits, load_raw
+from sft.data.loaders import loaders
 from sft.errors import SftError
 from sft.modalities.image import ImageInputs, image_augmenter, num_channels
 from sft.prepare import tiny_model
@@ -104,6 +106,15 @@ def test_augmentation_changes_train_batches_and_never_eval_batches(imagefolder, 
     assert not torch.equal(train_a, train_b)
     assert not torch.equal(train_a, eval_a)
     assert torch.equal(eval_a, eval_b) and torch.equal(eval_a, plain)
+
+
+def test_images_are_shuffled_plainly_and_evaluated_in_order(imagefolder, tiny_vit):
+    inputs = ImageInputs(str(tiny_vit), "image")
+    encoded = inputs.encode(splits_of(imagefolder))
+    assert inputs.lengths(encoded.train) is None  # one size after resizing: nothing to group
+    drawn = loaders(encoded, inputs, DataConfig(), TrainerConfig(batch_size=4), seed=0)
+    assert isinstance(drawn.train.sampler, torch.utils.data.RandomSampler)
+    assert list(drawn.test.sampler) == list(range(len(encoded.test)))
 
 
 def test_augmenter_is_off_when_every_knob_is_zero():

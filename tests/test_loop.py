@@ -142,3 +142,25 @@ def test_a_nan_evaluation_is_never_the_best():
     assert best.update(finite, 1, model.state_dict)
     assert not best.update(diverged, 2, model.state_dict)
     assert best.step == 1 and best.evals_since == 1
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_optimizer_fused_setting_picks_the_kernel_and_both_train_alike(tiny_checkpoint, fused):
+    """`optimizer.fused` picks torch's fused AdamW (default) or its per-tensor loop: the same
+    update up to rounding."""
+    torch.manual_seed(0)
+    model = load_classifier(str(tiny_checkpoint), ["a", "b"])
+    reference = load_classifier(str(tiny_checkpoint), ["a", "b"])
+    reference.load_state_dict(model.state_dict())
+    chosen = make_optimizer(param_groups(model, 1e-2, 0.01), OptimizerConfig(fused=fused))
+    loop_kernel = make_optimizer(param_groups(reference, 1e-2, 0.01), OptimizerConfig(fused=False))
+    assert all(g["fused"] is fused for g in chosen.param_groups)
+    batch = {"input_ids": torch.randint(5, 20, (4, 8)), "labels": torch.tensor([0, 1, 0, 1])}
+    for net, optimizer in ((model, chosen), (reference, loop_kernel)):
+        for _ in range(3):
+            loss = torch.nn.functional.cross_entropy(loop.logits_of(net, batch), batch["labels"])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)

@@ -13,7 +13,6 @@ from torch.utils.data import DataLoader
 from sft.config import AugmentConfig, DataConfig, ModelConfig, TrainerConfig
 from sft.data.sources import load_raw
 from sft.data.splits import LABELS, Splits, build_splits
-from sft.errors import SftError
 from sft.feature_cache import FeatureCache
 from sft.modalities import Inputs, Modality
 
@@ -64,17 +63,10 @@ def loaders(
     """Train, validation and test loaders, and the generator that shuffles the train split.
     Batches carry feature-cache keys when the split has them (sft/feature_cache.py)."""
     generator = torch.Generator().manual_seed(seed)
-    if data.sampler == "balanced":
-        sampler = balanced_sampler(splits.train[LABELS], generator)
-    elif data.sampler == "default":
-        sampler = inputs.sampler(splits.train, trainer.batch_size, generator)
-    else:
-        raise SftError(f"data.sampler={data.sampler} is not one of default, balanced")
     train = DataLoader(
         splits.train,
         batch_size=trainer.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
+        sampler=train_sampler(splits.train, inputs, data.sampler, trainer.batch_size, generator),
         collate_fn=FeatureCache.collator(inputs.collator(train=True)),
         num_workers=data.num_workers,
         generator=generator,
@@ -86,11 +78,32 @@ def loaders(
     return Loaders(train, validation, test, generator)
 
 
+def train_sampler(
+    ds, inputs: Inputs, kind: str, batch_size: int, generator: torch.Generator
+) -> torch.utils.data.Sampler:
+    """`data.sampler`: default = shuffled batches of similar length where examples differ in
+    length (as Trainer's group_by_length: padding is work thrown away), else shuffled; shuffle =
+    shuffled; balanced = every class equally often. All draw from `generator`."""
+    if kind == "balanced":
+        return balanced_sampler(ds[LABELS], generator)
+    lengths = inputs.lengths(ds) if kind == "default" else None
+    if lengths is not None:
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        return LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
+    return torch.utils.data.RandomSampler(ds, generator=generator)  # validation.py: no others
+
+
 def eval_loader(ds, inputs: Inputs, batch_size: int, num_workers: int = 0) -> DataLoader:
-    """Batches of `ds` in order, never augmented."""
+    """Batches of `ds`, never augmented; longest examples first where lengths differ (batches
+    of similar length pad less, and a batch too big for memory fails at once). Predictions
+    and references come out in that order, together."""
+    lengths = inputs.lengths(ds)
+    order = None if lengths is None else sorted(range(len(ds)), key=lambda i: -lengths[i])
     return DataLoader(
         ds,
         batch_size=batch_size,
+        sampler=order,
         collate_fn=FeatureCache.collator(inputs.collator(train=False)),
         num_workers=num_workers,
     )

@@ -46,11 +46,10 @@ class Inputs(Protocol):
         """Turns a list of examples into a batch; `train=True` may add augmentation."""
         ...
 
-    def sampler(
-        self, ds: datasets.Dataset, batch_size: int, generator: torch.Generator
-    ) -> torch.utils.data.Sampler | None:
-        """The train sampler, when the modality wants its own (speech groups by duration);
-        None means plain shuffling."""
+    def lengths(self, ds: datasets.Dataset) -> list[int] | None:
+        """Each example's size (tokens, milliseconds of audio) where examples differ in it and
+        batches are padded to their longest: train batches then gather examples of similar
+        size and evaluation runs in size order (sft/data/loaders.py). None: all cost the same."""
         return None
 
     def train_randomness(self, ds: datasets.Dataset) -> str | None:

@@ -24,7 +24,7 @@ from sft.data.splits import LABELS, Splits
 from sft.errors import SftError
 from sft.modalities import Inputs, load_processor
 
-DURATION = "duration"  # seconds; added by `encode`, read by the length-grouped sampler
+DURATION = "duration"  # seconds; added by `encode`, read by `lengths`
 
 
 class AudioInputs(Inputs):
@@ -54,12 +54,8 @@ class AudioInputs(Inputs):
     def collator(self, train: bool) -> Callable[[list[dict]], dict[str, Any]]:
         return partial(self._collate, train=train)
 
-    def sampler(self, ds: datasets.Dataset, batch_size: int, generator: torch.Generator):
-        """Shuffled batches of similar duration (less padding), as HF Trainer's group_by_length."""
-        from transformers.trainer_pt_utils import LengthGroupedSampler
-
-        lengths = [int(d * 1000) for d in ds[DURATION]]
-        return LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
+    def lengths(self, ds: datasets.Dataset) -> list[int]:
+        return [int(d * 1000) for d in ds[DURATION]]
 
     def train_randomness(self, ds: datasets.Dataset) -> str | None:
         if self.augment is not None:
