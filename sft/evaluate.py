@@ -2,7 +2,7 @@
 
     python -m sft.evaluate <run_dir | model_dir> data.path=<data> [data.<key>=...] [split]
 
-Writes metrics.json (accuracy, macro-F1, per-class report, confusion matrix) and
+Writes metrics.json (accuracy, macro-F1, per-class report, confusion matrix, examples/s) and
 confusion_matrix.png to --output-dir (default <run_dir>/evaluations/<data>-<split>, or
 evaluations/<data>-<split> beside a model directory). Labels are matched to the model's by name;
 a label the model does not know is an error that lists both.
@@ -11,6 +11,7 @@ a label the model does not know is an error that lists both.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +55,17 @@ def evaluate_model(
     model, loader = accelerator.prepare(
         model, eval_loader(encoded, inputs, cfg.trainer.eval_batch_size)
     )
+    start = time.perf_counter()
     result = loop.evaluate(accelerator, model, loader, progress)
+    seconds = time.perf_counter() - start
     report = {
         "split": split,
         "data": cfg.data.path,
         "model": found.ref,
         **metrics.report(result.predictions, result.references, labels),
         "loss": result.loss,
+        "seconds": seconds,  # the forward passes and metrics: loading and encoding excluded
+        "examples_per_s": len(encoded) / seconds,
     }
     name = Path(cfg.data.path).name or "data"
     parent = found.run.evaluations if found.run is not None else Path("evaluations")

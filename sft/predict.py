@@ -102,21 +102,25 @@ def classify(
     batch_size: int,
     progress: bool,
 ) -> list[dict[str, Any]]:
-    """One row per item: input, label, score, top_k [{label, score}, ...]. The model sees
-    `batch_size` inputs at a time."""
+    """One row per item, in the items' order: input, label, score, top_k [{label, score}, ...].
+    The model sees `batch_size` inputs at a time; texts go longest first, so that each batch,
+    padded to its longest, holds texts of similar length."""
     from tqdm.auto import tqdm
 
     read, options = modality.reader(classifier), modality.call_options()
-    rows = []
+    order = list(range(len(items)))
+    if not modality.reads_files:  # characters: a free stand-in for tokens
+        order.sort(key=lambda i: -len(items[i][1]))
+    rows: list[dict[str, Any]] = [{} for _ in items]
     bar = tqdm(total=len(items), desc="predict", disable=not progress or len(items) < batch_size)
     for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        values = [read(value) for _, value in chunk]
+        chunk = order[start : start + batch_size]
+        values = [read(items[i][1]) for i in chunk]
         outputs = classifier(values, top_k=top_k, batch_size=batch_size, **options)
-        for (name, _), scores in zip(chunk, outputs, strict=True):
+        for i, scores in zip(chunk, outputs, strict=True):
             top = [{"label": s["label"], "score": float(s["score"])} for s in scores]
-            rows.append({"input": name, "label": top[0]["label"], "score": top[0]["score"],
-                         "top_k": top})  # fmt: skip
+            rows[i] = {"input": items[i][0], "label": top[0]["label"], "score": top[0]["score"],
+                       "top_k": top}  # fmt: skip
         bar.update(len(chunk))
     bar.close()
     return rows

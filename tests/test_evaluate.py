@@ -49,6 +49,7 @@ def test_metrics_match_the_models_predictions(tmp_path, text_run, other_data):
     report = json.loads((out / "metrics.json").read_text())
     assert (out / "confusion_matrix.png").stat().st_size > 1000
     assert report["split"] == "test" and report["num_examples"] == len(rows)
+    assert report["examples_per_s"] == pytest.approx(len(rows) / report["seconds"])
 
     model = AutoModelForSequenceClassification.from_pretrained(text_run / "model").eval()
     tokenizer = AutoTokenizer.from_pretrained(text_run / "model")

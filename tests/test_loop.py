@@ -162,5 +162,6 @@ def test_optimizer_fused_setting_picks_the_kernel_and_both_train_alike(tiny_chec
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    expected = reference.state_dict()
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-5, msg=name)

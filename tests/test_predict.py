@@ -128,6 +128,25 @@ def test_inputs_reach_the_model_in_batches(text_run):
     assert sizes == [4, 4, 2]  # not ten forward passes of one
 
 
+def test_texts_are_batched_by_length_and_rows_keep_the_input_order(text_run):
+    from sft.model import resolve
+    from sft.predict import classify, load_pipeline
+
+    model = resolve(str(text_run))
+    classifier = load_pipeline(model)
+    widths: list[int] = []
+    classifier.model.register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    texts = [" ".join(["goal"] * n) for n in (1, 30, 2, 29, 3, 28)]  # short, long, short, ...
+    items = [(t, t) for t in texts]
+    rows = classify(classifier, model.modality, items, top_k=1, batch_size=3, progress=False)
+    assert widths == [32, 5]  # the three longest together (in input order: 32, then 31)
+    assert [r["input"] for r in rows] == texts
+    alone = [classifier(t)[0]["label"] for t in texts]
+    assert [r["label"] for r in rows] == alone
+
+
 def test_a_missing_file_is_named_not_classified_as_text(tmp_path, text_run):
     result = predict(text_run, "notes/missing.txt", cwd=tmp_path)
     assert result.returncode == 2
