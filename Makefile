@@ -10,7 +10,8 @@ ARGS   ?=
 IMAGE_RECIPE ?= vit_fashion_mnist
 
 .PHONY: install lock train test lint format bench bench-images clean data-images train-images \
-	train-images-small data-speech train-speech train-speech-small speech-tools bench-speech bench-compare
+	train-images-small data-speech train-speech train-speech-small speech-tools bench-speech bench-compare \
+	bench-startup
 
 install: $(STAMP)
 
@@ -90,6 +91,9 @@ bench: install  ## fine-tuning strategies on bert_news, measured (about 30 min o
 
 bench-compare: install  ## sft beside the stock HF Trainer on the same jobs (~40 min): BENCHMARKS.md
 	$(BIN)/python bench/compare.py $(ARGS)
+
+bench-startup: data/fashion_mnist/.done  ## launch to first step on 50,000 images, 500,000 rows
+	$(BIN)/python bench/startup.py $(ARGS)
 
 bench-images: data/fashion_mnist/.done  ## EfficientNet-Lite0: strategies vs from scratch (~45 min)
 	bench/transfer.sh efficientnet_fashion_mnist efficientnet-lite0

@@ -64,6 +64,7 @@ def first_step(recipe: str, data: Path, out: Path, cache: Path, extra: list[str]
         "resume=never", "logger=none", "trainer.progress=false", *extra,
     ]  # fmt: skip
     env = {**os.environ, "HF_DATASETS_CACHE": str(cache)}
+    out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with out.with_suffix(".log").open("w") as log:
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
@@ -82,7 +83,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     jobs = {
-        "images": lambda: ("efficientnet_fashion_mnist", image_folder(args.out, args.images), []),
+        "images": lambda: (
+            "efficientnet_fashion_mnist",
+            image_folder(args.out, args.images),
+            ["data.max_train_samples=null"],  # the recipe trains on 1,000: here, on all
+        ),
         "text": lambda: ("bert_news", text_file(args.out, args.rows), []),
     }
     results = {}

@@ -101,8 +101,9 @@ def _choose_split(raw, split: str | None, source: str) -> str:
 def _with_label_ids(ds, column: str, labels: list[str], where: str):
     """`ds` with the model's label ids in LABELS, matched by label name."""
     import datasets
+    import numpy as np
 
-    from sft.data.splits import LABELS
+    from sft.data.splits import LABELS, column_values
 
     if column not in ds.column_names:
         raise SftError(
@@ -112,7 +113,7 @@ def _with_label_ids(ds, column: str, labels: list[str], where: str):
     feature = ds.features[column]
     names = [
         feature.int2str(v) if isinstance(feature, datasets.ClassLabel) else str(v)
-        for v in ds[column]
+        for v in column_values(ds, column)
     ]
     index = {label: i for i, label in enumerate(labels)}
     unknown = sorted(set(names) - set(index))
@@ -123,7 +124,7 @@ def _with_label_ids(ds, column: str, labels: list[str], where: str):
         )
     if LABELS in ds.column_names:
         ds = ds.remove_columns(LABELS)
-    return ds.add_column(LABELS, [index[n] for n in names])
+    return ds.add_column(LABELS, np.array([index[n] for n in names], dtype=np.int64))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -129,13 +129,25 @@ def test_corrupt_image_is_named(imagefolder, tiny_vit):
         inputs.encode(splits_of(imagefolder))
 
 
-def test_truncated_jpeg_is_named(imagefolder, tiny_vit):
-    good = imagefolder / "train" / "blue" / "0.jpg"
-    cut = imagefolder / "train" / "blue" / "cut.jpg"
-    cut.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+def test_jpeg_cut_in_its_header_is_named_before_training(imagefolder, tiny_vit):
+    good = (imagefolder / "train" / "blue" / "0.jpg").read_bytes()
+    (imagefolder / "train" / "blue" / "cut.jpg").write_bytes(good[: len(good) // 2])
     inputs = ImageInputs(str(tiny_vit), "image")
-    with pytest.raises(SftError, match=r"cut\.jpg.*cannot be decoded"):
+    with pytest.raises(SftError, match=r"cut\.jpg' \(train split\) cannot be decoded"):
         inputs.encode(splits_of(imagefolder))
+
+
+def test_truncated_jpeg_is_named_by_the_batch_that_reads_it(imagefolder, tiny_vit):
+    """Up front only headers are read (cheap at any size); a file whose header is whole but
+    whose pixel data are cut off stops the run at the batch that decodes it, by name."""
+    good = (imagefolder / "train" / "blue" / "0.jpg").read_bytes()
+    (imagefolder / "train" / "blue" / "cut.jpg").write_bytes(good[:-40])  # pixel data only
+    inputs = ImageInputs(str(tiny_vit), "image")
+    encoded = inputs.encode(splits_of(imagefolder))  # the header is intact
+    rows = [row for row in encoded.train if row["image"]["path"].endswith("cut.jpg")]
+    assert len(rows) == 1
+    with pytest.raises(SftError, match=r"cut\.jpg' \(in a batch\) cannot be decoded.*replace"):
+        inputs.collator(train=False)([encoded.train[0], rows[0]])
 
 
 def test_manifest_with_missing_file_is_named(tmp_path, tiny_vit):

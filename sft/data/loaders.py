@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from sft.config import AugmentConfig, DataConfig, ModelConfig, TrainerConfig
 from sft.data.sources import load_raw
-from sft.data.splits import LABELS, Splits, build_splits
+from sft.data.splits import LABELS, Splits, build_splits, column_values
 from sft.feature_cache import FeatureCache
 from sft.modalities import Inputs, Modality
 
@@ -85,7 +85,7 @@ def train_sampler(
     length (as Trainer's group_by_length: padding is work thrown away), else shuffled; shuffle =
     shuffled; balanced = every class equally often. All draw from `generator`."""
     if kind == "balanced":
-        return balanced_sampler(ds[LABELS], generator)
+        return balanced_sampler(column_values(ds, LABELS), generator)
     lengths = inputs.lengths(ds) if kind == "default" else None
     if lengths is not None:
         from transformers.trainer_pt_utils import LengthGroupedSampler

@@ -91,8 +91,7 @@ def build_splits(
         )
     encoded = {}
     for split, ds in raw.items():
-        values = ds[label_column]
-        values = list(values) if not isinstance(values, list) else values
+        values = column_values(ds, label_column)
         if split != "train" and all(v is None or (isinstance(v, int) and v < 0) for v in values):
             # Hub benchmarks (GLUE...) ship test splits with hidden labels, as -1.
             log.warning("ignoring the %s split of %s: it has no labels", split, source)
@@ -105,7 +104,8 @@ def build_splits(
                 f"the {split} split of {source} has label(s) {unseen[:5]} that train never saw "
                 f"(train labels: {names}); drop those rows or add training examples for them"
             )
-        ids = [encode(v) for v in values]
+        # An array, not a list: datasets fingerprints the arguments (a list element by element)
+        ids = np.array([encode(v) for v in values], dtype=np.int64)
         keep = [c for c in ds.column_names if c == input_column]
         encoded[split] = ds.select_columns(keep).add_column(LABELS, ids)
 
@@ -125,12 +125,12 @@ def build_splits(
     )
 
 
-def _label_names(train: datasets.Dataset, column: str):
-    feature = train.features[column]
+def _label_names(train: datasets.Dataset, name: str):
+    feature = train.features[name]
     if isinstance(feature, datasets.ClassLabel):
         names = list(feature.names)
         return names, lambda v: v if isinstance(v, int) and 0 <= v < len(names) else None
-    values = set(train[column])
+    values = set(column_values(train, name))
     if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
         ordered = sorted(values)
     else:
@@ -140,14 +140,14 @@ def _label_names(train: datasets.Dataset, column: str):
     return names, lambda v: index.get(str(v))
 
 
-def _check_labels_filled(ds: datasets.Dataset, split: str, source: str, column: str) -> None:
+def _check_labels_filled(ds: datasets.Dataset, split: str, source: str, name: str) -> None:
     """An SftError naming the rows whose label is empty (a blank CSV cell reads as None or NaN)."""
-    values = ds[column]
+    values = column_values(ds, name)
     empty = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and v != v)]
     if empty:
         raise SftError(
             f"the {split} split of {source} has {len(empty)} empty label(s) in column "
-            f"'{column}' (the first in row {empty[0] + 1}); fill or drop those rows"
+            f"'{name}' (the first in row {empty[0] + 1}); fill or drop those rows"
         )
 
 
@@ -156,8 +156,7 @@ def _stratified_split(
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
     if not 0 < fraction < 1:
         raise SftError(f"{key}={fraction} must lie between 0 and 1 to carve a split out of train")
-    labels = ds[LABELS]
-    labels = list(labels) if not isinstance(labels, list) else labels
+    labels = column_values(ds, LABELS)
     held_out = max(1, round(len(ds) * fraction))
     if held_out >= len(ds):
         raise SftError(f"train has {len(ds)} rows: too few to hold out {key}={fraction}")
@@ -169,7 +168,13 @@ def _stratified_split(
     keep, hold = train_test_split(
         np.arange(len(ds)), test_size=held_out, random_state=seed, stratify=stratify
     )
-    return ds.select(sorted(keep)), ds.select(sorted(hold))
+    return ds.select(np.sort(keep)), ds.select(np.sort(hold))  # arrays: see ids above
+
+
+def column_values(ds: datasets.Dataset, name: str) -> list:
+    """A column's values as a list, read from Arrow at once: `ds[name]` is a lazy column that
+    yields row by row, ~40x slower on hundreds of thousands of rows."""
+    return ds.with_format("arrow")[name].to_pylist()
 
 
 def _cap(ds: datasets.Dataset, limit: int | None, seed: int) -> datasets.Dataset:

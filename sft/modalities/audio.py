@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForAudioClassification
 
 from sft.config import AugmentConfig, DataConfig
-from sft.data.splits import LABELS, Splits
+from sft.data.splits import LABELS, Splits, column_values
 from sft.errors import SftError
 from sft.modalities import Inputs, load_processor
 
@@ -55,12 +55,13 @@ class AudioInputs(Inputs):
         return partial(self._collate, train=train)
 
     def lengths(self, ds: datasets.Dataset) -> list[int]:
-        return [int(d * 1000) for d in ds[DURATION]]
+        return [int(d * 1000) for d in column_values(ds, DURATION)]
 
     def train_randomness(self, ds: datasets.Dataset) -> str | None:
         if self.augment is not None:
             return "audio augmentation is on"
-        if self.max_duration is not None and max(ds[DURATION], default=0) > self.max_duration:
+        longest = max(column_values(ds, DURATION), default=0)
+        if self.max_duration is not None and longest > self.max_duration:
             return f"clips longer than data.max_duration={self.max_duration} are cropped at random"
         return None
 
