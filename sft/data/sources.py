@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -257,7 +258,9 @@ def _read_class_tree(
     input_column, label_column = columns
     inputs, labels, kinds = [], [], set()
     for class_dir in _subdirs(root):
-        files = sorted(f for f in class_dir.iterdir() if f.is_file() and _kind(f))
+        folder = class_dir.resolve()  # once per folder: resolving each file costs ~100 us
+        with os.scandir(folder) as entries:  # file types from the listing: no stat per file
+            files = sorted(folder / e.name for e in entries if e.is_file() and _kind(Path(e)))
         if not files:
             raise SftError(
                 f"class folder '{class_dir}' has no .txt, image or audio files; add some or "
@@ -271,7 +274,7 @@ def _read_class_tree(
                     raise SftError(_encoding_message(file, encodings))
                 inputs.append(text)
             else:
-                inputs.append(str(file.resolve()))
+                inputs.append(str(file))
             labels.append(class_dir.name)
     if len(kinds) > 1:
         raise SftError(f"'{root}' mixes {' and '.join(sorted(kinds))} files; keep one kind")
