@@ -42,3 +42,19 @@ def test_the_side_by_side_harness_runs_both_tools_and_reports(tmp_path, tiny_che
     table = (tmp_path / "results.md").read_text()
     assert "| smoke | sft |" in table and "| smoke | trainer |" in table
     assert "| smoke evaluate | sft |" in table and "eval samples/s" in table
+
+
+def test_the_startup_benchmark_times_a_first_step_on_an_empty_and_a_warm_cache(tmp_path):
+    """bench/startup.py on 300 rows: both runs reach their first step and report it."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "startup.py"), "--only", "text", "--rows", "300",
+         "--out", str(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = json.loads((tmp_path / "results.json").read_text())["text"]
+    assert text["data"] == "text-300"
+    for run in ("empty cache", "warm cache"):
+        assert 0 < text[run]["startup_seconds"] < text[run]["wall_seconds"]
+    rows = (tmp_path / "data" / "text-300" / "train.csv").read_text().splitlines()
+    assert len(rows) == 301
