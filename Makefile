@@ -11,7 +11,7 @@ IMAGE_RECIPE ?= vit_fashion_mnist
 
 .PHONY: install lock train test lint format bench bench-images clean data-images train-images \
 	train-images-small data-speech train-speech train-speech-small speech-tools bench-speech bench-compare \
-	bench-startup
+	bench-startup bench-gpu
 
 install: $(STAMP)
 
@@ -94,6 +94,9 @@ bench-compare: install  ## sft beside the stock HF Trainer on the same jobs (~40
 
 bench-startup: data/fashion_mnist/.done  ## launch to first step on 50,000 images, 500,000 rows
 	$(BIN)/python bench/startup.py $(ARGS)
+
+bench-gpu: install  ## on a CUDA GPU: BERT-base bf16 batch 64, sft beside Trainer (BENCHMARKS.md)
+	bench/gpu.sh $(ARGS)
 
 bench-images: data/fashion_mnist/.done  ## EfficientNet-Lite0: strategies vs from scratch (~45 min)
 	bench/transfer.sh efficientnet_fashion_mnist efficientnet-lite0

