@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForAudioClassification
 
 from sft.config import AugmentConfig, DataConfig
-from sft.data.splits import LABELS, Splits, column_values
+from sft.data.splits import LABELS, Splits, column_values, iter_column
 from sft.errors import SftError
 from sft.modalities import Inputs, load_processor
 
@@ -60,15 +60,18 @@ class AudioInputs(Inputs):
     def train_randomness(self, ds: datasets.Dataset) -> str | None:
         if self.augment is not None:
             return "audio augmentation is on"
-        longest = max(column_values(ds, DURATION), default=0)
-        if self.max_duration is not None and longest > self.max_duration:
+        if self.max_duration is None:
+            return None
+        if max(column_values(ds, DURATION), default=0) > self.max_duration:
             return f"clips longer than data.max_duration={self.max_duration} are cropped at random"
         return None
 
     def _check_split(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
         ds = ds.cast_column(self.column, datasets.Audio(decode=False))
-        rows = tqdm(ds.select_columns([self.column]), desc=f"scan {split} audio", disable=None)
-        durations = [_duration(row[self.column], split) for row in rows]
+        values = tqdm(iter_column(ds, self.column), total=len(ds), desc=f"scan {split} audio",
+                      disable=None)  # fmt: skip
+        # An array: datasets fingerprints a list argument element by element (splits.py)
+        durations = np.array([_duration(value, split) for value in values], dtype=np.float64)
         return ds.add_column(DURATION, durations)
 
     def _collate(self, examples: list[dict], train: bool) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForImageClassification
 
 from sft.config import AugmentConfig, DataConfig
-from sft.data.splits import LABELS, Splits
+from sft.data.splits import LABELS, Splits, iter_column
 from sft.errors import SftError, from_checkpoint
 from sft.modalities import Inputs, load_processor
 
@@ -54,13 +54,9 @@ class ImageInputs(Inputs):
 
     def _check_split(self, ds: datasets.Dataset, split: str) -> datasets.Dataset:
         ds = ds.cast_column(self.column, datasets.Image(decode=False))
-        bar = tqdm(total=len(ds), desc=f"check {split} image headers", disable=None)
-        # A thousand rows at a time from Arrow: embedded images are bytes, so not all at once.
-        for rows in ds.select_columns([self.column]).with_format("arrow").iter(batch_size=1000):
-            for value in rows.column(self.column).to_pylist():
-                open_image(value, f"{split} split", decode=False).close()
-            bar.update(rows.num_rows)
-        bar.close()
+        values = iter_column(ds, self.column)
+        for value in tqdm(values, total=len(ds), desc=f"check {split} image headers", disable=None):
+            open_image(value, f"{split} split", decode=False).close()
         return ds
 
     def _collate(self, examples: list[dict], augment) -> dict[str, Any]:
