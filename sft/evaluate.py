@@ -55,6 +55,7 @@ def evaluate_model(
     model, loader = accelerator.prepare(
         model, eval_loader(encoded, inputs, cfg.trainer.eval_batch_size)
     )
+    metrics.load()  # seconds of imports, before the clock starts (as loading the model)
     start = time.perf_counter()
     result = loop.evaluate(accelerator, model, loader, progress)
     seconds = time.perf_counter() - start
@@ -64,7 +65,7 @@ def evaluate_model(
         "model": found.ref,
         **metrics.report(result.predictions, result.references, labels),
         "loss": result.loss,
-        "seconds": seconds,  # the forward passes and metrics: loading and encoding excluded
+        "seconds": seconds,  # forward passes and scores: loading and encoding excluded
         "examples_per_s": len(encoded) / seconds,
     }
     name = Path(cfg.data.path).name or "data"

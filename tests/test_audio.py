@@ -98,6 +98,7 @@ def test_max_duration_crops_randomly_in_training_and_centrally_in_evaluation(
     assert train_a.shape[1] == eval_a.shape[1] == 4000  # 0.25 s at 16 kHz
     assert not torch.equal(train_a, train_b)
     assert torch.equal(eval_a, eval_b)
+    assert set(inputs.lengths(encoded.train)) == {250}  # grouped by the length trained on
 
 
 def test_short_clips_are_padded_with_an_attention_mask(audiofolder, tiny_wav2vec2):
@@ -177,6 +178,7 @@ def test_whisper_encoder_gets_its_fixed_30_second_window(audiofolder, tmp_path):
     encoded, inputs = encoded_splits(audiofolder, checkpoint)
     batch = inputs.collator(train=False)([encoded.test[i] for i in range(3)])
     assert batch["input_features"].shape == (3, 80, 3000)
+    assert inputs.lengths(encoded.train) is None  # every clip costs the window: no grouping
     model = load_classifier(str(checkpoint), encoded.labels, "audio-classification")
     assert torch.isfinite(model(**batch).loss)
 

@@ -37,6 +37,7 @@ def test_two_cpu_processes_train_and_count_each_example_once(
         "data.max_length=32",
         "trainer.epochs=2",
         "trainer.batch_size=4",
+        "trainer.eval_batch_size=4",  # several evaluation batches, the last one short
         "trainer.progress=false",
     ]  # fmt: skip
     # ACCELERATE_USE_CPU makes --multi_gpu start gloo processes on CPU (--cpu would start one).

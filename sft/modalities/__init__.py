@@ -47,9 +47,10 @@ class Inputs(Protocol):
         ...
 
     def lengths(self, ds: datasets.Dataset) -> list[int] | None:
-        """Each example's size (tokens, milliseconds of audio) where examples differ in it and
-        batches are padded to their longest: train batches then gather examples of similar
-        size and evaluation runs in size order (sft/data/loaders.py). None: all cost the same."""
+        """Each example's size as the model sees it (tokens, milliseconds of audio after
+        cropping) where examples differ in it and batches are padded to their longest: train
+        batches then gather examples of similar size and evaluation runs in size order
+        (sft/data/loaders.py). None: all cost the same."""
         return None
 
     def train_randomness(self, ds: datasets.Dataset) -> str | None:

@@ -54,8 +54,15 @@ class AudioInputs(Inputs):
     def collator(self, train: bool) -> Callable[[list[dict]], dict[str, Any]]:
         return partial(self._collate, train=train)
 
-    def lengths(self, ds: datasets.Dataset) -> list[int]:
-        return [int(d * 1000) for d in column_values(ds, DURATION)]
+    def lengths(self, ds: datasets.Dataset) -> list[int] | None:
+        """Milliseconds, cropped at max_duration; None where the extractor pads every clip to
+        its whole window (Whisper): then all cost the same."""
+        if self.padding == "max_length":
+            return None
+        seconds = np.asarray(column_values(ds, DURATION), dtype=np.float64)
+        if self.max_duration is not None:
+            seconds = np.minimum(seconds, self.max_duration)
+        return (seconds * 1000).astype(np.int64).tolist()
 
     def train_randomness(self, ds: datasets.Dataset) -> str | None:
         if self.augment is not None:
