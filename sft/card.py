@@ -12,6 +12,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from sft import modalities
+from sft.errors import SftError
 from sft.run_dir import RunDir
 
 HYPERPARAMETERS = (
@@ -56,6 +57,11 @@ def shown(value: str) -> str:
 def model_card(run: RunDir, repo_id: str) -> str:
     """README.md for `repo_id` from the finished run in `run`."""
     config, metrics = run.read_finished()
+    if metrics.get("problem", "single_label") != "single_label":
+        raise SftError(
+            f"{run.root} is a {metrics['problem']} run: model cards and pushes handle "
+            f"single_label runs so far; its model is in {run.model}"
+        )
     task = config.task
     base, data = shown(config.model.checkpoint), shown(config.data.path)
     split = metrics["split"]

@@ -46,6 +46,9 @@ class DataConfig:
     image_column: str = "image"  # read when task=image-classification: images or file paths
     audio_column: str = "audio"  # read when task=audio-classification: audio or file paths
     label_column: str = "label"
+    # multi_label / regression: one column per label (0/1) or per numeric target, instead
+    label_columns: list[str] | None = None
+    label_separator: str | None = None  # multi_label: the character between labels in a string
     # Text files are decoded with these encodings, tried in order, before failing.
     encodings: list[str] = field(default_factory=lambda: ["utf-8"])
     max_length: int = 256  # tokens per example; longer texts are truncated
@@ -103,6 +106,9 @@ class LossConfig:
     label_smoothing: float = 0.0  # share of target mass spread evenly over all classes
     # none | auto (inverse class frequency in train) | a list with one weight per label
     class_weights: Any = "none"
+    # multi_label: none | auto (each label's positives weighed by its negatives per positive)
+    pos_weight: str = "none"
+    regression: str = "mse"  # regression: mse | huber
 
 
 @dataclass
@@ -138,7 +144,9 @@ class TrainerConfig:
     precision: str = "auto"
     eval_every: int | None = None  # evaluate every N optimizer steps; None = each epoch end
     log_every: int = 10  # optimizer steps between history records
-    metric: str = "f1"  # validation metric that picks the best model: f1 (macro) | accuracy | loss
+    # the validation metric that picks the best model; auto: f1 (macro) for classification,
+    # mse for regression. Also: accuracy, f1_micro (multi_label), mae, r2, pearson, spearman
+    metric: str = "auto"
     early_stopping_patience: int = 0  # stop after N evals without improvement; 0 = never
     progress: bool = True  # show a progress bar
     # Recompute activations in backward (less memory, ~30% more compute). Non-reentrant, so
@@ -188,6 +196,9 @@ class Config:
     output_dir: str = MISSING  # the run directory: model/, metrics.json, plots/, history
     # text-classification | image-classification | audio-classification (pipeline task names)
     task: str = "text-classification"
+    # single_label | multi_label (any number of labels per example) | regression (numbers);
+    # saved as the model's `problem_type`, which pipeline() scores by
+    problem: str = "single_label"
 
 
 def to_config(cfg: DictConfig) -> Config:

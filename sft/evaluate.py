@@ -47,6 +47,12 @@ def evaluate_model(
     raw = load_raw_data(modality, cfg.data)
     split = _choose_split(raw, split, cfg.data.path)
     model = found.load()
+    problem_type = model.config.problem_type or "single_label_classification"
+    if problem_type != "single_label_classification":
+        raise SftError(
+            f"{source} is a {problem_type} model: sft.evaluate scores single-label models so "
+            f"far; its run's metrics.json holds its test scores"
+        )
     labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
     ds = _with_label_ids(raw[split], cfg.data.label_column, labels, f"{cfg.data.path} ({split})")
     # Inputs encode whole splits; an empty validation split costs nothing.
@@ -104,7 +110,8 @@ def _with_label_ids(ds, column: str, labels: list[str], where: str):
     import datasets
     import numpy as np
 
-    from sft.data.splits import LABELS, column_values
+    from sft.data.columns import column_values
+    from sft.data.splits import LABELS
 
     if column not in ds.column_names:
         raise SftError(

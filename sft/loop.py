@@ -17,12 +17,13 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from sft import metrics
 from sft.config import TrainerConfig
 from sft.finetune import train_mode
+from sft.problems import PROBLEMS, Problem
 from sft.state import Best, Evaluation, Outcome, Progress
 
 log = logging.getLogger(__name__)
+SINGLE_LABEL = PROBLEMS["single_label"]
 
 
 def fit(
@@ -41,15 +42,18 @@ def fit(
     resume: Progress | None = None,
     checkpoint: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    problem: Problem = SINGLE_LABEL,
 ) -> Outcome:
     """Train for `total_steps` optimizer steps, evaluating each epoch (or every `eval_every`
     steps); `record` receives every history row; `loss_fn(logits, labels)` is the training
     loss; `on_epoch(epoch, resumed)` runs as each epoch starts (resumed: mid-epoch, from a
     checkpoint). From `resume` on, if given. `checkpoint(progress)` runs every
     `checkpoint_every` steps and at each epoch end; `should_stop()` (a preemption signal) ends
-    training after a checkpoint. Returns the best weights and step."""
-    p = resume or Progress(Best(settings.metric))
-    run = _Run(accelerator, model, eval_loader, settings, total_steps, record, p, len(train_loader))
+    training after a checkpoint. `problem` scores the evaluations. Returns the best weights and
+    step."""
+    p = resume or Progress(Best(problem.metric(settings.metric)))
+    n = len(train_loader)
+    run = _Run(accelerator, model, eval_loader, problem, settings, total_steps, record, p, n)
     mid_epoch = p.batches > 0
     while not run.done:
         if on_epoch is not None:
@@ -87,8 +91,11 @@ class _Run:
     """The bookkeeping around the step: counting, logging, evaluation, early stopping,
     checkpoints, and the time spent, on the `Progress` that a checkpoint saves."""
 
-    def __init__(self, accelerator, model, eval_loader, settings, total_steps, record, p, batches):
+    def __init__(
+        self, accelerator, model, eval_loader, problem, settings, total_steps, record, p, batches
+    ):
         self.accelerator, self.model, self.eval_loader = accelerator, model, eval_loader
+        self.problem = problem
         self.settings, self.total_steps, self.record, self.p = settings, total_steps, record, p
         self.batches_per_epoch = batches
         self.eval_every = settings.eval_every or math.ceil(batches / settings.grad_accum_steps)
@@ -138,20 +145,16 @@ class _Run:
         if p.step % self.eval_every and p.step != self.total_steps:
             return
         eval_start = time.perf_counter()
-        result = evaluate(self.accelerator, self.model, self.eval_loader, self.settings.progress)
+        result = evaluate(
+            self.accelerator, self.model, self.eval_loader, self.settings.progress, self.problem
+        )
         p.eval_seconds += time.perf_counter() - eval_start
         # The best weights are whole ones, gathered by Accelerate on every process.
         weights = partial(self.accelerator.get_state_dict, self.model)
         improved = p.best.update(result, p.step, weights)
         self.record(_eval_row(p.step, p.epoch, result, improved))
-        log.info(
-            "step %d: eval loss %.4f, accuracy %.4f, f1 %.4f%s",
-            p.step,
-            result.loss,
-            result.scores["accuracy"],
-            result.scores["f1"],
-            " (best)" if improved else "",
-        )
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in result.scores.items())
+        log.info("step %d: eval loss %.4f, %s%s", p.step, result.loss, scores, " (best)" * improved)
         patience = self.settings.early_stopping_patience
         if patience and p.best.evals_since >= patience:
             log.info(
@@ -195,6 +198,7 @@ def final_evaluations(
     eval_loader: DataLoader,
     test_loader: DataLoader | None,
     progress: bool = False,
+    problem: Problem = SINGLE_LABEL,
 ) -> tuple[Evaluation, Evaluation]:
     """Load the best weights into `model`; their validation result (already computed) and the
     final one: on test when there is a test split, else validation again."""
@@ -204,19 +208,24 @@ def final_evaluations(
         # make_accelerator refuses sharding plugins.
         accelerator.unwrap_model(model).load_state_dict(outcome.best.state)
     else:  # no finite evaluation: report the last weights as they are
-        validation = evaluate(accelerator, model, eval_loader, progress)
+        validation = evaluate(accelerator, model, eval_loader, progress, problem)
     if test_loader is None:
         return validation, validation
-    return validation, evaluate(accelerator, model, accelerator.prepare(test_loader), progress)
+    test_loader = accelerator.prepare(test_loader)
+    return validation, evaluate(accelerator, model, test_loader, progress, problem)
 
 
 @torch.inference_mode()  # no autograd bookkeeping at all: ~4% quicker than no_grad on CPU
 def evaluate(
-    accelerator: Accelerator, model: torch.nn.Module, loader: DataLoader, progress: bool = False
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    loader: DataLoader,
+    progress: bool = False,
+    problem: Problem = SINGLE_LABEL,
 ) -> Evaluation:
-    """Loss, predictions and scores over every example of `loader`, each counted once across
-    processes (`gather_for_metrics` drops the padding a distributed sampler adds); with a
-    progress bar (rank 0) when `progress`."""
+    """Loss, predictions and scores (as `problem` computes them) over every example of
+    `loader`, each counted once across processes (`gather_for_metrics` drops the padding a
+    distributed sampler adds); with a progress bar (rank 0) when `progress`."""
     was_training = model.training
     model.eval()
     logits, references = [], []
@@ -230,12 +239,12 @@ def evaluate(
     if was_training:
         train_mode(model)
     all_logits, all_refs = torch.cat(logits), torch.cat(references)
-    predictions = all_logits.argmax(-1).numpy()
+    predictions, refs = problem.predict(all_logits), all_refs.numpy()
     return Evaluation(
-        loss=F.cross_entropy(all_logits, all_refs).item(),
+        loss=problem.eval_loss(all_logits, all_refs),
         predictions=predictions,
-        references=all_refs.numpy(),
-        scores=metrics.headline(predictions, all_refs.numpy()),
+        references=refs,
+        scores=problem.scores(predictions, refs),
     )
 
 

@@ -1,5 +1,7 @@
-"""Classification metrics: accuracy and macro-F1 through `evaluate` (modules shipped in
-`sft/metric_modules`, so no Hub access), plus a per-class report and a confusion matrix."""
+"""Scores through `evaluate` (modules shipped in `sft/metric_modules`, so no Hub access):
+single-label accuracy and macro-F1 with a per-class report and a confusion matrix; multi-label
+macro/micro-F1 and subset accuracy with per-label precision/recall/F1; regression MSE, MAE, R²,
+Pearson and Spearman, per target where there are several."""
 
 from __future__ import annotations
 
@@ -14,11 +16,11 @@ MODULES = Path(__file__).parent / "metric_modules"
 
 
 @functools.cache
-def _load(name: str):
+def _load(name: str, config_name: str | None = None):
     # `import evaluate` costs 6-13 s (it imports transformers pipelines): only when first needed.
     import evaluate
 
-    return evaluate.load(str(MODULES / name))
+    return evaluate.load(str(MODULES / name), config_name)
 
 
 def load() -> None:
@@ -43,7 +45,69 @@ def report(predictions: np.ndarray, references: np.ndarray, labels: list[str]) -
     precision, recall, f1, support = precision_recall_fscore_support(
         references, predictions, labels=ids, zero_division=0
     )
-    per_class = {
+    return {
+        **headline(predictions, references),
+        "num_examples": len(references),
+        "per_class": _per_class(labels, precision, recall, f1, support),
+        "labels": labels,
+        "confusion_matrix": confusion_matrix(references, predictions, labels=ids).tolist(),
+    }
+
+
+def multi_label_headline(predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
+    """Macro-F1 (f1), micro-F1 (f1_micro) and subset accuracy (accuracy: every label right) of
+    0/1 rows, one column per label."""
+    args = {"predictions": predictions.tolist(), "references": references.tolist()}
+    f1 = _load("f1", "multilabel")
+    return {
+        "f1": float(f1.compute(**args, average="macro")["f1"]),
+        "f1_micro": float(f1.compute(**args, average="micro")["f1"]),
+        "accuracy": float(_load("accuracy", "multilabel").compute(**args)["accuracy"]),
+    }
+
+
+def multi_label_report(
+    predictions: np.ndarray, references: np.ndarray, labels: list[str]
+) -> dict[str, Any]:
+    """`multi_label_headline` plus precision/recall/F1/support per label."""
+    precision, recall, f1, support = precision_recall_fscore_support(
+        references, predictions, zero_division=0
+    )
+    return {
+        **multi_label_headline(predictions, references),
+        "num_examples": len(references),
+        "per_class": _per_class(labels, precision, recall, f1, support),
+        "labels": labels,
+    }
+
+
+def regression_scores(predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
+    """MSE, MAE, R², Pearson and Spearman; averaged over targets where there are several."""
+    several = predictions.ndim == 2 and predictions.shape[1] > 1
+    if not several:
+        predictions, references = predictions.reshape(-1), references.reshape(-1)
+    config = "multilist" if several else None
+    args = {"predictions": predictions.tolist(), "references": references.tolist()}
+    names = {"mse": "mse", "mae": "mae", "r2": "r_squared", "pearson": "pearsonr",
+             "spearman": "spearmanr"}  # fmt: skip
+    return {key: float(_load(m, config).compute(**args)[m]) for key, m in names.items()}
+
+
+def regression_report(
+    predictions: np.ndarray, references: np.ndarray, targets: list[str]
+) -> dict[str, Any]:
+    """`regression_scores`, and the same per target when there are several."""
+    report = {**regression_scores(predictions, references), "num_examples": len(references)}
+    if len(targets) > 1:
+        report["per_target"] = {
+            name: regression_scores(predictions[:, j], references[:, j])
+            for j, name in enumerate(targets)
+        }
+    return {**report, "labels": targets}
+
+
+def _per_class(labels, precision, recall, f1, support) -> dict[str, dict[str, float]]:
+    return {
         name: {
             "precision": float(precision[i]),
             "recall": float(recall[i]),
@@ -51,22 +115,4 @@ def report(predictions: np.ndarray, references: np.ndarray, labels: list[str]) -
             "support": int(support[i]),
         }
         for i, name in enumerate(labels)
-    }
-    return {
-        **headline(predictions, references),
-        "num_examples": len(references),
-        "per_class": per_class,
-        "labels": labels,
-        "confusion_matrix": confusion_matrix(references, predictions, labels=ids).tolist(),
-    }
-
-
-def final_report(final: Any, validation: Any, labels: list[str], split: str) -> dict[str, Any]:
-    """metrics.json's scores: the `report` of the final evaluation (an `sft.state.Evaluation`)
-    on `split`, its loss, and the best checkpoint's validation scores."""
-    return {
-        "split": split,
-        **report(final.predictions, final.references, labels),
-        "loss": final.loss,
-        "validation": {"loss": validation.loss, **validation.scores},
     }

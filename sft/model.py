@@ -63,6 +63,7 @@ def load_classifier(
     revision: str | None = None,
     freeze_feature_encoder: bool = False,
     pad_token_id: int | None = None,
+    problem_type: str = "single_label_classification",
 ) -> PreTrainedModel:
     """Load `checkpoint` with a classification head sized and named for `labels`.
 
@@ -70,6 +71,8 @@ def load_classifier(
     head is what fine-tuning a pretrained checkpoint for a new label set means.
     `freeze_feature_encoder` keeps a speech model's convolutional front end fixed;
     `pad_token_id` is the tokenizer's, for checkpoints whose config has none (GPT-style).
+    `problem_type` (transformers' name, see sft/problems.py) is saved in the config: pipelines
+    score by it (softmax, sigmoid, or the raw value).
     """
     auto_class = modalities.get(task).auto_class
     model = from_checkpoint(
@@ -79,6 +82,7 @@ def load_classifier(
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={name: i for i, name in enumerate(labels)},
+            problem_type=problem_type,
             ignore_mismatched_sizes=True,
         ),
         f"model.checkpoint '{checkpoint}' could not be loaded",

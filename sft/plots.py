@@ -12,7 +12,8 @@ import numpy as np
 
 
 def plot_curves(history: list[dict], out_dir: Path) -> list[Path]:
-    """loss.png (train and eval loss by step) and accuracy.png (eval accuracy and F1 by step)."""
+    """loss.png (train and eval loss by step) and the validation scores by step: accuracy.png
+    (accuracy and F1s) for classification, scores.png (R², Pearson, Spearman) for regression."""
     out_dir.mkdir(parents=True, exist_ok=True)
     train = [r for r in history if r["kind"] == "train"]
     evals = [r for r in history if r["kind"] == "eval"]
@@ -20,17 +21,24 @@ def plot_curves(history: list[dict], out_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
     ax.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="validation")
-    _finish(ax, "loss", "cross-entropy loss")
+    _finish(ax, "loss", "loss")
     fig.savefig(out_dir / "loss.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
+    keys = [k for k in SCORES if evals and k in evals[0]]
+    scores = out_dir / ("accuracy.png" if "accuracy" in keys else "scores.png")
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key in ("accuracy", "f1"):
-        ax.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=key)
-    _finish(ax, "validation accuracy and macro-F1", "score")
-    fig.savefig(out_dir / "accuracy.png", dpi=110, bbox_inches="tight")
+    for key in keys:
+        ax.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=SCORES[key])
+    _finish(ax, "validation scores", "score")
+    fig.savefig(scores, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return [out_dir / "loss.png", out_dir / "accuracy.png"]
+    return [out_dir / "loss.png", scores]
+
+
+# The scores drawn by step (all on a 0..1 scale, or -1..1): MSE and MAE have their own units.
+SCORES = {"accuracy": "accuracy", "f1": "macro-F1", "f1_micro": "micro-F1", "r2": "R²",
+          "pearson": "Pearson", "spearman": "Spearman"}  # fmt: skip
 
 
 def plot_confusion(matrix: list[list[int]], labels: list[str], title: str, path: Path) -> Path:

@@ -131,12 +131,13 @@ class RunDir:
             shutil.rmtree(model, ignore_errors=True)
             save_model(model)
             plots.plot_curves(self.read_history(), self.plots)
-            plots.plot_confusion(
-                result["confusion_matrix"],
-                result["labels"],
-                f"{result['split']} confusion matrix",
-                self.plots / "confusion_matrix.png",
-            )
+            if "confusion_matrix" in result:  # single-label runs
+                plots.plot_confusion(
+                    result["confusion_matrix"],
+                    result["labels"],
+                    f"{result['split']} confusion matrix",
+                    self.plots / "confusion_matrix.png",
+                )
             write_json(metrics, result)
             shutil.rmtree(self.model, ignore_errors=True)
             model.rename(self.model)

@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from sft.problems import better
+
 
 @dataclass
 class Evaluation:
     loss: float
     predictions: np.ndarray
     references: np.ndarray
-    scores: dict[str, float]  # accuracy, f1
+    scores: dict[str, float]  # by problem (sft/problems.py): accuracy, f1, mse, ...
 
 
 @dataclass
@@ -41,8 +43,8 @@ class Best:
         (called only then; every process decides alike, so a collective gather is safe)."""
         # Accuracy and F1 plateau at equal values on small validation sets; among equals the
         # lower loss is the more confident (better calibrated) model.
-        metric = -evaluation.loss if self.metric == "loss" else evaluation.scores[self.metric]
-        score = (metric, -evaluation.loss)
+        value = evaluation.loss if self.metric == "loss" else evaluation.scores[self.metric]
+        score = (better(self.metric, value), -evaluation.loss)
         # A diverged model (NaN loss) is never an improvement; NaN compares false both ways.
         if not math.isfinite(evaluation.loss) or score <= self.score:
             self.evals_since += 1

@@ -39,18 +39,23 @@ class Leaderboard(Callback):
     """Hydra callback (conf/config.yaml): writes the leaderboard when a multirun ends."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        metric = OmegaConf.select(config, "trainer.metric", default="f1")
+        from sft import problems  # torch: only once the sweep is over
+
+        problem = problems.get(OmegaConf.select(config, "problem", default="single_label"))
+        metric = problem.metric(OmegaConf.select(config, "trainer.metric", default="auto"))
         path = write_leaderboard(Path(config.hydra.sweep.dir), metric)
         log.info("sweep leaderboard: %s", path)
 
 
 def write_leaderboard(sweep_dir: Path, metric: str) -> Path:
     """<sweep_dir>/sweep_summary.csv (best first) and .png from every job's run directory."""
+    from sft import problems
+
     rows = [_job_row(job, metric) for job in _jobs(sweep_dir)]
     varying = _varying_keys(rows)
     finished = sorted(
         (r for r in rows if r["status"] == "finished"),
-        key=lambda r: r[f"validation_{metric}"] * (-1 if metric == "loss" else 1),
+        key=lambda r: problems.better(metric, r[f"validation_{metric}"]),
         reverse=True,
     )
     ranked = finished + [r for r in rows if r["status"] != "finished"]

@@ -41,9 +41,7 @@ class Job:
     optimizer: Any
     loaders: Any  # sft.data.loaders.Loaders: train and validation prepared by Accelerate
     cache: Any  # sft.feature_cache.FeatureCache, or None
-    # finetune=gradual's schedule: started only once the model is prepared, because DDP
-    # ignores for good the parameters that are frozen when it wraps the model.
-    unfreezer: Any
+    unfreezer: Any  # finetune=gradual's schedule, started once DDP wraps the model (finetune.py)
 
 
 def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
@@ -54,11 +52,12 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     """
     from accelerate.utils import set_seed
 
-    from sft import hub
+    from sft import hub, problems
     from sft.accelerator import make_accelerator
     from sft.checkpoint import Checkpoints
 
     validate(cfg)
+    cfg.trainer.metric = problems.get(cfg.problem).metric(cfg.trainer.metric)  # auto resolved
     if cfg.push_to_hub and not cfg.dry_run:
         hub.check_online()  # fail now, not after training
     gradual = cfg.finetune.strategy == "gradual"
@@ -99,7 +98,7 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
 
 def build(cfg: schema.Config, accelerator) -> Job:
     """Data, model (what trains, at which rate), loaders and optimizer, prepared by Accelerate."""
-    from sft import finetune, modalities, optim
+    from sft import finetune, modalities, optim, problems
     from sft.data.loaders import load_data, loaders
     from sft.feature_cache import FeatureCache
     from sft.model import check_checkpoint, enable_gradient_checkpointing, load_classifier
@@ -107,7 +106,9 @@ def build(cfg: schema.Config, accelerator) -> Job:
     modality = modalities.get(cfg.task)
     check_checkpoint(cfg.model.checkpoint, cfg.model.revision, cfg.task, cfg.data.max_length)
     with accelerator.main_process_first():  # rank 0 fills the datasets cache, the rest reuse it
-        splits, inputs = load_data(modality, cfg.model, cfg.data, cfg.augment, cfg.seed)
+        splits, inputs = load_data(
+            modality, cfg.model, cfg.data, cfg.augment, cfg.seed, cfg.problem
+        )
     log.info("data: %s", ", ".join(f"{name} {len(ds)}" for name, ds in splits.items()))
     log.info("labels (%d): %s", len(splits.labels), splits.labels)
     model = load_classifier(
@@ -117,6 +118,7 @@ def build(cfg: schema.Config, accelerator) -> Job:
         cfg.model.revision,
         freeze_feature_encoder=cfg.model.freeze_feature_encoder,
         pad_token_id=getattr(inputs.processor, "pad_token_id", None),
+        problem_type=problems.get(cfg.problem).problem_type,
     )
     if cfg.trainer.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -150,10 +152,8 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
     """Train (from a checkpoint when there is one), then evaluate the best weights on validation
     and test; returns the metrics. SIGTERM or Ctrl-C ends it with `Preempted` after a
     checkpoint."""
-    from sft import loop, optim, trackers
+    from sft import loop, optim, problems, trackers
     from sft.checkpoint import Preemption
-    from sft.loss import class_weights, cross_entropy
-    from sft.metrics import final_report
 
     t = cfg.trainer
     total_steps, scheduler = optim.schedule(
@@ -188,8 +188,8 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
             log.info("epoch %d: %d of %d blocks train", epoch, blocks, total)
 
     keep = t.keep_checkpoints > 0
-    labels = job.splits.labels
-    weights = class_weights(cfg.loss.class_weights, job.splits.train["labels"], len(labels))
+    labels, problem = job.splits.labels, problems.get(cfg.problem)
+    loss = problem.loss(cfg.loss, job.splits.train_targets(), len(labels))
     # Validation batches carry cache keys: evaluate them within `serving` too.
     with (
         job.cache.serving() if job.cache is not None else nullcontext(),
@@ -205,21 +205,23 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
             t,
             total_steps,
             record,
-            cross_entropy(weights, cfg.loss.label_smoothing),
+            loss,
             on_epoch,
             resume=progress,
             checkpoint=checkpoints.save if keep else None,
             should_stop=preempted,
+            problem=problem,
         )
         if outcome.preempted:
             accelerator.end_training()
             raise preempted.stopped(outcome.steps, checkpoints.root)
+        loaders = job.loaders
         validation, final = loop.final_evaluations(
-            accelerator, job.model, outcome, job.loaders.validation, job.loaders.test, t.progress
+            accelerator, job.model, outcome, loaders.validation, loaders.test, t.progress, problem
         )
     split = "test" if job.loaders.test is not None else "validation"
     result = {
-        **final_report(final, validation, labels, split),
+        **problem.final_report(final, validation, labels, split),
         "best_step": outcome.best.step,
         "steps": outcome.steps,
         **outcome.timings(),
@@ -233,6 +235,7 @@ def finish(
     cfg: schema.Config, out: RunDir, model, weights: dict, processor, result: dict[str, Any]
 ) -> None:
     """Rank 0: the model (`weights`, gathered by Accelerate), plots and metrics; the push."""
+    from sft import problems
     from sft.finetune import save_model
 
     def save(directory: Path) -> None:
@@ -240,11 +243,7 @@ def finish(
         processor.save_pretrained(directory)
 
     out.write_results(save, result)
-    log.info(
-        "%(split)s: accuracy %(accuracy).4f, macro-F1 %(f1).4f on %(num_examples)d examples; "
-        "trained %(steps)d steps in %(train_seconds).0f s",
-        result,
-    )
+    log.info(problems.summary(result))
     log.info("run directory: %s", out.root)
     if cfg.push_to_hub:
         from sft.hub import push_finished
@@ -257,12 +256,12 @@ def main(cfg: DictConfig) -> float | None:
     # In a sweep each job runs in its own sub-directory: record where this one really is.
     cfg.output_dir = HydraConfig.get().runtime.output_dir
     with cli.exits_on_user_error():
-        result = train(schema.to_config(cfg), cfg.output_dir)
+        result = train(typed := schema.to_config(cfg), cfg.output_dir)
     if cfg.dry_run:
         return None
     # What a sweeper (Optuna) optimises: the validation score. Choosing by test scores would
     # leak the test set into the choice.
-    return result["validation"][cfg.trainer.metric]
+    return result["validation"][typed.trainer.metric]
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ SCHEDULERS = {
     "constant_with_warmup",
     "inverse_sqrt",
 }
-METRICS = {"f1", "accuracy", "loss"}
 PRECISIONS = {"auto", "fp32", "bf16", "fp16"}
 SAMPLERS = {"default", "shuffle", "balanced"}
 # The numbers each numeric key accepts, as intervals: "[" and "]" include an end, "(" and ")"
@@ -99,10 +98,19 @@ def validate(cfg: Config) -> None:
         return functools.reduce(getattr, key.split("."), cfg)
 
     from sft.modalities import TASKS
+    from sft.problems import PROBLEMS
 
     t = cfg.trainer
     check(cfg.task in TASKS, "task", cfg.task, f"use one of {', '.join(TASKS)}")
-    check(t.metric in METRICS, "trainer.metric", t.metric, f"use one of {sorted(METRICS)}")
+    check(cfg.problem in PROBLEMS, "problem", cfg.problem, f"use one of {', '.join(PROBLEMS)}")
+    metrics = ["auto", *PROBLEMS[cfg.problem].metrics, "loss"]
+    check(
+        t.metric in metrics,
+        "trainer.metric",
+        t.metric,
+        f"with problem={cfg.problem} use one of {metrics}",
+    )
+    _check_problem_keys(cfg, check)
     check(
         t.precision in PRECISIONS,
         "trainer.precision",
@@ -164,3 +172,46 @@ def validate(cfg: Config) -> None:
         weights,
         "use none, auto, or a list with one weight (a number, 0 or more) per label",
     )
+
+
+def _check_problem_keys(cfg: Config, check) -> None:
+    """Keys that only one kind of problem reads must not be set for another."""
+    problem, data, loss = cfg.problem, cfg.data, cfg.loss
+    single = problem == "single_label"
+    only_single = "it applies to problem=single_label; unset it, or set problem=single_label"
+    columns = data.label_columns
+    rules = [
+        (loss.class_weights == "none" or single, "loss.class_weights", only_single),
+        (loss.label_smoothing == 0 or single, "loss.label_smoothing", only_single),
+        (data.sampler != "balanced" or single, "data.sampler", only_single),
+        (loss.pos_weight in ("none", "auto"), "loss.pos_weight", "use none or auto"),
+        (
+            loss.pos_weight == "none" or problem == "multi_label",
+            "loss.pos_weight",
+            "it applies to problem=multi_label",
+        ),
+        (loss.regression in ("mse", "huber"), "loss.regression", "use mse or huber"),
+        (
+            data.label_separator is None or problem == "multi_label",
+            "data.label_separator",
+            "it applies to problem=multi_label",
+        ),
+        (data.label_separator != "", "data.label_separator", "give a character, e.g. ','"),
+        (
+            not cfg.push_to_hub or single,
+            "push_to_hub",
+            "model cards handle problem=single_label runs so far; push without it",
+        ),
+        (
+            columns is None or not single,
+            "data.label_columns",
+            "it applies to multi_label and regression (single_label reads data.label_column)",
+        ),
+        (
+            columns is None or 0 < len(columns) == len(set(columns)),
+            "data.label_columns",
+            "name at least one column, each once",
+        ),
+    ]
+    for ok, key, want in rules:
+        check(ok, key, functools.reduce(getattr, key.split("."), cfg), want)

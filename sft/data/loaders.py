@@ -11,16 +11,23 @@ import torch
 from torch.utils.data import DataLoader
 
 from sft.config import AugmentConfig, DataConfig, ModelConfig, TrainerConfig
+from sft.data.columns import column_values
 from sft.data.sources import load_raw
-from sft.data.splits import LABELS, Splits, build_splits, column_values
+from sft.data.splits import LABELS, Splits, build_splits
 from sft.feature_cache import FeatureCache
 from sft.modalities import Inputs, Modality
 
 
 def load_data(
-    modality: Modality, model: ModelConfig, data: DataConfig, augment: AugmentConfig, seed: int
+    modality: Modality,
+    model: ModelConfig,
+    data: DataConfig,
+    augment: AugmentConfig,
+    seed: int,
+    problem: str = "single_label",
 ) -> tuple[Splits, Inputs]:
-    """The checked, encoded splits of `data` and the `Inputs` that batch them."""
+    """The checked, encoded splits of `data`, with targets for `problem`, and the `Inputs` that
+    batch them."""
     inputs = modality.inputs(model.checkpoint, model.revision, data, augment)
     raw = load_raw_data(modality, data)
     splits = build_splits(
@@ -34,6 +41,9 @@ def load_data(
         max_train_samples=data.max_train_samples,
         max_eval_samples=data.max_eval_samples,
         seed=seed,
+        problem=problem,
+        label_columns=data.label_columns or (),
+        label_separator=data.label_separator,
     )
     return inputs.encode(splits), inputs
 

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForAudioClassification
 
 from sft.config import AugmentConfig, DataConfig
-from sft.data.splits import LABELS, Splits, column_values, iter_column
+from sft.data.columns import column_values, iter_column
+from sft.data.splits import LABELS, Splits
 from sft.errors import SftError
 from sft.modalities import Inputs, load_processor
 

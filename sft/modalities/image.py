@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForImageClassification
 
 from sft.config import AugmentConfig, DataConfig
-from sft.data.splits import LABELS, Splits, iter_column
+from sft.data.columns import iter_column
+from sft.data.splits import LABELS, Splits
 from sft.errors import SftError, from_checkpoint
 from sft.modalities import Inputs, load_processor
 

@@ -5,15 +5,22 @@ import evaluate
 from sklearn.metrics import accuracy_score
 
 
+def _features(config_name: str) -> datasets.Features:
+    value = datasets.Value("int64")
+    if config_name == "multilabel":
+        value = datasets.Sequence(value)
+    return datasets.Features({"predictions": value, "references": value})
+
+
 class Accuracy(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
             description="Share of predictions that equal their reference.",
             citation="",
-            inputs_description="predictions and references: lists of integer class ids",
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
+            inputs_description="predictions and references: lists of integer class ids, or in "
+            "the 'multilabel' configuration lists of 0/1 vectors (then the share of examples "
+            "with every label right: subset accuracy)",
+            features=_features(self.config_name),
         )
 
     def _compute(self, predictions, references, normalize=True, sample_weight=None):

@@ -5,16 +5,22 @@ import evaluate
 from sklearn.metrics import f1_score
 
 
+def _features(config_name: str) -> datasets.Features:
+    value = datasets.Value("int64")
+    if config_name == "multilabel":
+        value = datasets.Sequence(value)
+    return datasets.Features({"predictions": value, "references": value})
+
+
 class F1(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
             description="Harmonic mean of precision and recall, averaged over classes.",
             citation="",
-            inputs_description="predictions and references: lists of integer class ids; "
-            "average: macro (default), micro, weighted, or None for one score per class",
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
+            inputs_description="predictions and references: lists of integer class ids, or in "
+            "the 'multilabel' configuration lists of 0/1 vectors; average: macro (default), "
+            "micro, weighted, samples (multilabel), or None for one score per class",
+            features=_features(self.config_name),
         )
 
     def _compute(self, predictions, references, labels=None, average="macro", sample_weight=None):

@@ -1,0 +1,173 @@
+"""What a run predicts (`problem`): one label per example (single_label), any number of labels
+(multi_label), or numbers (regression). A `Problem` owns what differs between them: the training
+loss, how logits become predictions, the scores (computed through `evaluate`, sft/metrics.py)
+and which way each is better. What a target is in the data: sft/data/targets.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sft import metrics
+from sft.config import LossConfig
+from sft.errors import SftError
+
+if TYPE_CHECKING:
+    from sft.state import Evaluation
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LOWER_IS_BETTER = {"loss", "mse", "mae"}
+
+
+class Problem:
+    name: str
+    problem_type: str  # transformers' `config.problem_type`: pipelines score by it
+    metrics: tuple[str, ...]  # what `trainer.metric` may name besides loss; the first: default
+
+    def metric(self, requested: str) -> str:
+        """`trainer.metric`, with auto resolved to this problem's default."""
+        return self.metrics[0] if requested == "auto" else requested
+
+    def loss(self, cfg: LossConfig, train_targets: np.ndarray, num_labels: int) -> Loss:
+        """The training loss, loss(logits, targets) -> scalar, for these train targets."""
+        raise NotImplementedError
+
+    def eval_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> float:
+        """The unweighted loss reported for an evaluation."""
+        raise NotImplementedError
+
+    def predict(self, logits: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def scores(self, predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
+        """Every metric `trainer.metric` may name (loss aside)."""
+        raise NotImplementedError
+
+    def report(
+        self, predictions: np.ndarray, references: np.ndarray, labels: list[str]
+    ) -> dict[str, Any]:
+        """metrics.json's scores: `scores` plus the per-label detail."""
+        raise NotImplementedError
+
+    def final_report(
+        self, final: Evaluation, validation: Evaluation, labels: list[str], split: str
+    ) -> dict[str, Any]:
+        """metrics.json's scores: the `report` of the final evaluation on `split`, its loss,
+        and the best checkpoint's validation scores."""
+        return {
+            "problem": self.name,
+            "split": split,
+            **self.report(final.predictions, final.references, labels),
+            "loss": final.loss,
+            "validation": {"loss": validation.loss, **validation.scores},
+        }
+
+
+class SingleLabel(Problem):
+    name, problem_type = "single_label", "single_label_classification"
+    metrics = ("f1", "accuracy")
+
+    def loss(self, cfg: LossConfig, train_targets: np.ndarray, num_labels: int) -> Loss:
+        from sft.loss import class_weights, cross_entropy
+
+        weights = class_weights(cfg.class_weights, train_targets, num_labels)
+        return cross_entropy(weights, cfg.label_smoothing)
+
+    def eval_loss(self, logits, targets) -> float:
+        return F.cross_entropy(logits, targets).item()
+
+    def predict(self, logits) -> np.ndarray:
+        return logits.argmax(-1).numpy()
+
+    def scores(self, predictions, references) -> dict[str, float]:
+        return metrics.headline(predictions, references)
+
+    def report(self, predictions, references, labels) -> dict[str, Any]:
+        return metrics.report(predictions, references, labels)
+
+
+class MultiLabel(Problem):
+    """Independent yes/no per label: sigmoid scores, a label predicted above 0.5."""
+
+    name, problem_type = "multi_label", "multi_label_classification"
+    metrics = ("f1", "f1_micro", "accuracy")
+
+    def loss(self, cfg: LossConfig, train_targets: np.ndarray, num_labels: int) -> Loss:
+        weight = None
+        if cfg.pos_weight == "auto":  # negatives per positive, label by label
+            positives = train_targets.sum(0)
+            if (positives == 0).any():
+                raise SftError("loss.pos_weight=auto: a label has no train examples to weigh by")
+            weight = torch.tensor((len(train_targets) - positives) / positives).float()
+        return partial(_binary_cross_entropy, pos_weight=weight)
+
+    def eval_loss(self, logits, targets) -> float:
+        return F.binary_cross_entropy_with_logits(logits, targets.float()).item()
+
+    def predict(self, logits) -> np.ndarray:
+        return (logits > 0).long().numpy()  # sigmoid(logit) > 0.5
+
+    def scores(self, predictions, references) -> dict[str, float]:
+        return metrics.multi_label_headline(predictions, references.astype(np.int64))
+
+    def report(self, predictions, references, labels) -> dict[str, Any]:
+        return metrics.multi_label_report(predictions, references.astype(np.int64), labels)
+
+
+class Regression(Problem):
+    """One or more numbers per example, predicted as they are (no squashing)."""
+
+    name, problem_type = "regression", "regression"
+    metrics = ("mse", "mae", "r2", "pearson", "spearman")
+
+    def loss(self, cfg: LossConfig, train_targets: np.ndarray, num_labels: int) -> Loss:
+        return partial(_regression_loss, huber=cfg.regression == "huber")
+
+    def eval_loss(self, logits, targets) -> float:
+        return F.mse_loss(logits, targets.float()).item()
+
+    def predict(self, logits) -> np.ndarray:
+        return logits.numpy()
+
+    def scores(self, predictions, references) -> dict[str, float]:
+        return metrics.regression_scores(predictions, references)
+
+    def report(self, predictions, references, labels) -> dict[str, Any]:
+        return metrics.regression_report(predictions, references, labels)
+
+
+def _binary_cross_entropy(logits, targets, pos_weight):
+    weight = pos_weight.to(logits.device) if pos_weight is not None else None
+    return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=weight)
+
+
+def _regression_loss(predictions, targets, huber: bool):
+    fn = F.huber_loss if huber else F.mse_loss
+    return fn(predictions.float(), targets.float())
+
+
+PROBLEMS: dict[str, Problem] = {p.name: p for p in (SingleLabel(), MultiLabel(), Regression())}
+
+
+def get(name: str) -> Problem:
+    """The problem `name` names; validation.py has refused any other."""
+    return PROBLEMS[name]
+
+
+def better(metric: str, value: float) -> float:
+    """`value` turned so that larger is better (loss, mse, mae are better smaller)."""
+    return -value if metric in LOWER_IS_BETTER else value
+
+
+def summary(result: dict[str, Any]) -> str:
+    """One line on a finished run's metrics.json: its final scores, examples, steps, time."""
+    scores = ", ".join(f"{k} {result[k]:.4f}" for k in result["validation"] if k != "loss")
+    return (
+        f"{result['split']}: {scores} on {result['num_examples']} examples; trained "
+        f"{result['steps']} steps in {result['train_seconds']:.0f} s"
+    )

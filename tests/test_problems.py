@@ -1,0 +1,284 @@
+"""Beyond one label (sft/problems.py, sft/data/targets.py): multi-label targets from lists,
+separated strings or 0/1 columns; regression targets from one or several numeric columns; their
+losses; their scores checked against scikit-learn and scipy; bad targets refused by name; and
+each problem trained end to end on the tiny BERT."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    mean_absolute_error,
+    mean_squared_error,
+    r2_score,
+)
+
+from sft.config import LossConfig
+from sft.data.splits import LABELS, build_splits
+from sft.errors import SftError
+from sft.problems import PROBLEMS
+from tests.conftest import make_rows, run_cli
+
+WORD_LABELS = {"goal": "sport", "chip": "tech", "vote": "politics", "league": "sport"}
+
+
+def tagged_rows(n: int, seed: int) -> list[dict]:
+    """make_rows' texts, tagged with every topic whose keywords they hold (0 to 3 tags), and a
+    score: the number of tags plus 0.1 per word."""
+    rows = []
+    for row in make_rows(n, seed):
+        words = row["text"].split()
+        tags = sorted({WORD_LABELS[w] for w in words if w in WORD_LABELS} | {row["label"]})
+        rows.append({"text": row["text"], "tags": tags, "score": len(tags) + 0.1 * len(words)})
+    return rows
+
+
+def splits_of(rows, **kwargs):
+    raw = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
+    return build_splits(raw, source="mem", input_column="text", **kwargs)
+
+
+# ------------------------------------------------------------------------- targets in the data
+def test_multi_label_from_a_list_column_is_a_0_1_row_per_example():
+    rows = tagged_rows(10, seed=0)
+    splits = splits_of(rows, label_column="tags", problem="multi_label", eval_fraction=0.2)
+    assert splits.labels == ["politics", "sport", "tech"]
+    by_text = {r["text"]: r["tags"] for r in rows}
+    for example in splits.train:
+        hot = example[LABELS]
+        assert [splits.labels[i] for i, v in enumerate(hot) if v == 1] == by_text[example["text"]]
+
+
+def test_multi_label_from_separated_strings_and_from_0_1_columns_agree_with_lists():
+    rows = tagged_rows(10, seed=0)
+    lists = splits_of(rows, label_column="tags", problem="multi_label")
+    joined = [{**r, "tags": " | ".join(r["tags"])} for r in rows]
+    separated = splits_of(joined, label_column="tags", problem="multi_label", label_separator="|")
+    columns = [{**r, **{t: int(t in r["tags"]) for t in lists.labels}} for r in rows]
+    indicated = splits_of(
+        columns, label_column="tags", problem="multi_label", label_columns=lists.labels
+    )
+    for other in (separated, indicated):
+        assert other.labels == lists.labels
+        assert other.train[LABELS] == lists.train[LABELS]
+
+
+def test_regression_targets_are_floats_from_one_or_several_columns():
+    rows = [{**r, "words": float(len(r["text"].split()))} for r in tagged_rows(10, seed=0)]
+    rows[0]["score"] = str(rows[0]["score"])  # a numeric string parses
+    rows = [{**r, "score": str(r["score"])} for r in rows]
+    one = splits_of(rows, label_column="score", problem="regression")
+    assert one.labels == ["score"]
+    expected = {r["text"]: float(r["score"]) for r in rows}
+    assert [v[0] for v in one.train[LABELS]] == pytest.approx(
+        [expected[t] for t in one.train["text"]]
+    )
+    two = splits_of(
+        rows, label_column="label", problem="regression", label_columns=["score", "words"]
+    )
+    assert two.labels == ["score", "words"]
+    assert np.asarray(two.train[LABELS]).shape == (len(two.train), 2)
+
+
+@pytest.mark.parametrize(
+    "rows, kwargs, message",
+    [
+        (
+            [{"text": "a", "tags": "x,y"}, {"text": "b", "tags": "y"}],
+            {"label_column": "tags", "problem": "multi_label"},
+            "holds string values, not lists of labels",
+        ),
+        (
+            [{"text": "a", "x": 1, "y": 2}, {"text": "b", "x": 0, "y": 1}],
+            {"label_column": "x", "problem": "multi_label", "label_columns": ["x", "y"]},
+            "row 1 of the train split of mem, column 'y': 2 is not 0 or 1",
+        ),
+        (
+            [{"text": "a", "tags": []}, {"text": "b", "tags": []}],
+            {"label_column": "tags", "problem": "multi_label"},
+            "no labels at all in column 'tags'",
+        ),
+        (
+            [{"text": "a", "score": "3.5"}, {"text": "b", "score": "high"}],
+            {"label_column": "score", "problem": "regression"},
+            "row 2 of the train split of mem, column 'score': 'high' is not a number",
+        ),
+        (
+            [{"text": "a", "score": 1.0}, {"text": "b", "score": None}],
+            {"label_column": "score", "problem": "regression"},
+            "empty label(s) in column 'score' (the first in row 2)",
+        ),
+        (
+            [{"text": "a", "score": 1.0}],
+            {"label_column": "score", "problem": "regression", "label_columns": ["score", "z"]},
+            "column 'z' not found in the train split of mem; columns found: ['text', 'score']; "
+            "set data.label_columns=<one of them>",
+        ),
+    ],
+)
+def test_bad_targets_are_refused_by_row_and_column(rows, kwargs, message):
+    with pytest.raises(SftError) as err:
+        splits_of(rows, **kwargs)
+    assert message in str(err.value)
+
+
+def test_a_label_train_never_saw_is_named():
+    raw = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list([{"text": "a", "tags": ["x"]}] * 4),
+            "test": datasets.Dataset.from_list([{"text": "b", "tags": ["x", "new"]}]),
+        }
+    )
+    with pytest.raises(SftError, match=r"test split of mem has label\(s\) \['new'\]"):
+        build_splits(raw, source="mem", input_column="text", label_column="tags",
+                     problem="multi_label")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- losses, scores
+def test_multi_label_scores_match_scikit_learn():
+    rng = np.random.default_rng(0)
+    refs = rng.integers(0, 2, (50, 4))
+    preds = np.where(rng.random((50, 4)) < 0.8, refs, 1 - refs)
+    problem = PROBLEMS["multi_label"]
+    scores = problem.scores(preds, refs.astype(np.float32))
+    assert scores["f1"] == pytest.approx(f1_score(refs, preds, average="macro"))
+    assert scores["f1_micro"] == pytest.approx(f1_score(refs, preds, average="micro"))
+    assert scores["accuracy"] == pytest.approx(accuracy_score(refs, preds))  # subset accuracy
+    report = problem.report(preds, refs.astype(np.float32), list("abcd"))
+    for j, name in enumerate("abcd"):
+        assert report["per_class"][name]["f1"] == pytest.approx(f1_score(refs[:, j], preds[:, j]))
+        assert report["per_class"][name]["support"] == refs[:, j].sum()
+    logits = torch.tensor([[2.0, -1.0], [-0.5, 0.1]])
+    assert problem.predict(logits).tolist() == [[1, 0], [0, 1]]  # sigmoid above 0.5
+
+
+@pytest.mark.parametrize("targets", [1, 3])
+def test_regression_scores_match_scikit_learn_and_scipy(targets):
+    rng = np.random.default_rng(1)
+    refs = rng.normal(size=(40, targets)).astype(np.float32)
+    preds = refs + rng.normal(scale=0.5, size=refs.shape).astype(np.float32)
+    scores = PROBLEMS["regression"].scores(preds, refs)
+    assert scores["mse"] == pytest.approx(mean_squared_error(refs, preds), rel=1e-5)
+    assert scores["mae"] == pytest.approx(mean_absolute_error(refs, preds), rel=1e-5)
+    assert scores["r2"] == pytest.approx(r2_score(refs, preds), rel=1e-5)
+    pearson = np.mean([pearsonr(preds[:, j], refs[:, j]).statistic for j in range(targets)])
+    spearman = np.mean([spearmanr(preds[:, j], refs[:, j]).statistic for j in range(targets)])
+    assert scores["pearson"] == pytest.approx(pearson, rel=1e-5)
+    assert scores["spearman"] == pytest.approx(spearman, rel=1e-5)
+
+
+def test_pos_weight_auto_weighs_each_label_by_its_negatives_per_positive():
+    targets = np.array([[1, 0], [1, 0], [1, 1], [0, 0]], dtype=np.float32)
+    loss = PROBLEMS["multi_label"].loss(LossConfig(pos_weight="auto"), targets, 2)
+    logits = torch.zeros(4, 2)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, torch.tensor(targets), pos_weight=torch.tensor([1 / 3, 3.0])
+    )
+    assert loss(logits, torch.tensor(targets)).item() == pytest.approx(expected.item())
+    huber = PROBLEMS["regression"].loss(LossConfig(regression="huber"), targets, 2)
+    assert huber(torch.full((1, 1), 3.0), torch.zeros(1, 1)).item() == pytest.approx(2.5)
+
+
+# -------------------------------------------------------------------------------- end to end
+@pytest.fixture
+def tagged_corpus(tmp_path):
+    root = tmp_path / "tagged"
+    root.mkdir()
+    for split, (n, seed) in {"train": (24, 1), "test": (6, 2)}.items():
+        rows = [{**r, "tags": ",".join(r["tags"])} for r in tagged_rows(n, seed)]
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "problem, options, metric",
+    [
+        ("multi_label", ["data.label_column=tags", 'data.label_separator=","'], "f1_micro"),
+        ("regression", ["data.label_column=score", "loss.regression=huber"], "r2"),
+    ],
+)
+def test_train_saves_a_model_of_the_problem_and_its_scores(
+    tmp_path, tiny_checkpoint, tagged_corpus, problem, options, metric
+):
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "recipe=bert_news",
+        f"model.checkpoint={tiny_checkpoint}",
+        f"data.path={tagged_corpus}",
+        f"problem={problem}",
+        *options,
+        f"trainer.metric={metric}",
+        "trainer.epochs=2",
+        "trainer.batch_size=8",
+        "data.max_length=32",
+        "optimizer.lr=5e-3",
+        "trainer.progress=false",
+        f"output_dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["problem"] == problem and metrics["num_examples"] == 18
+    assert metric in metrics and metric in metrics["validation"]
+    config = json.loads((run_dir / "model" / "config.json").read_text())
+    assert config["problem_type"] == PROBLEMS[problem].problem_type
+    evals = [json.loads(r) for r in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [r[metric] for r in evals if r["kind"] == "eval"]  # scored every evaluation
+    if problem == "multi_label":
+        assert metrics["labels"] == ["politics", "sport", "tech"]
+        assert set(metrics["per_class"]) == set(metrics["labels"])
+        assert (run_dir / "plots" / "accuracy.png").exists()
+    else:
+        assert metrics["labels"] == ["score"] and config["id2label"] == {"0": "score"}
+        assert (run_dir / "plots" / "scores.png").exists()
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    model_dir = str(run_dir / "model")
+    text = "goal chip vote today"
+    scores = pipeline("text-classification", model=model_dir)(text, top_k=None)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    logits = model(**pipeline_inputs(model_dir, text)).logits[0].detach()
+    expected = logits.sigmoid() if problem == "multi_label" else logits  # raw for regression
+    by_label = {s["label"]: s["score"] for s in scores}
+    for i, label in model.config.id2label.items():
+        assert by_label[label] == pytest.approx(expected[i].item(), rel=1e-4)
+
+
+def pipeline_inputs(model_dir: str, text: str) -> dict:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)(text, return_tensors="pt")
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"problem": "multi_label", "loss.class_weights": "auto"}, "loss.class_weights=auto"),
+        ({"problem": "regression", "data.sampler": "balanced"}, "data.sampler=balanced"),
+        ({"problem": "single_label", "trainer.metric": "mse"}, "with problem=single_label"),
+        ({"problem": "single_label", "data.label_separator": ","}, "applies to problem=multi"),
+        ({"problem": "single_label", "data.label_columns": ["a"]}, "data.label_columns=['a']"),
+        ({"problem": "multi_label", "loss.pos_weight": "yes"}, "use none or auto"),
+        ({"problem": "ranking"}, "problem=ranking is not allowed"),
+    ],
+)
+def test_keys_of_another_problem_are_refused_up_front(settings, message):
+    from sft.config import Config
+    from sft.validation import validate
+
+    cfg = Config()
+    for key, value in settings.items():
+        *path, name = key.split(".")
+        setattr(functools.reduce(getattr, path, cfg), name, value)
+    with pytest.raises(SftError, match=re.escape(message)):
+        validate(cfg)
