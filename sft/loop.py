@@ -199,20 +199,26 @@ def final_evaluations(
     test_loader: DataLoader | None,
     progress: bool = False,
     problem: Problem = SINGLE_LABEL,
-) -> tuple[Evaluation, Evaluation]:
-    """Load the best weights into `model`; their validation result (already computed) and the
-    final one: on test when there is a test split, else validation again."""
+) -> tuple[Evaluation, Evaluation, dict]:
+    """Load the best weights into `model`; their validation result and the final one (on test
+    when there is a test split, else validation again), both scored with the decision rule
+    tuned on validation (`problem.tune`: multi-label's threshold), which is returned too."""
     validation = outcome.best.evaluation
     if outcome.best.state is not None:
         # Whole weights into the module: it holds whole weights on every process, since
         # make_accelerator refuses sharding plugins.
         accelerator.unwrap_model(model).load_state_dict(outcome.best.state)
-    else:  # no finite evaluation: report the last weights as they are
+    if validation is None or (problem.tunes and validation.logits is None):
+        # No finite evaluation (the last weights, as they are), or one read from a checkpoint
+        # without the outputs to tune on.
         validation = evaluate(accelerator, model, eval_loader, progress, problem)
+    tuned = problem.tune(validation, outcome.best.metric)
+    validation = problem.apply(validation, tuned)
     if test_loader is None:
-        return validation, validation
+        return validation, validation, tuned
     test_loader = accelerator.prepare(test_loader)
-    return validation, evaluate(accelerator, model, test_loader, progress, problem)
+    final = evaluate(accelerator, model, test_loader, progress, problem)
+    return validation, problem.apply(final, tuned), tuned
 
 
 @torch.inference_mode()  # no autograd bookkeeping at all: ~4% quicker than no_grad on CPU
@@ -245,6 +251,7 @@ def evaluate(
         predictions=predictions,
         references=refs,
         scores=problem.scores(predictions, refs),
+        logits=all_logits.numpy(),
     )
 
 

@@ -5,7 +5,9 @@
 
 Inputs are text strings, text files, image or audio files, directories of them, or CSV / TSV /
 JSON / JSONL / Parquet tables with a column of texts or file paths (relative to the table).
-Each gets its label and score and the top k labels, printed as a table or written to --output.
+Each gets its label and score and the top k labels (multi-label models: every label above the
+threshold tuned on validation; regression models: the predicted value of each target), printed
+as a table or written to --output.
 """
 
 from __future__ import annotations
@@ -102,12 +104,14 @@ def classify(
     batch_size: int,
     progress: bool,
 ) -> list[dict[str, Any]]:
-    """One row per item, in the items' order: input, label, score, top_k [{label, score}, ...].
-    The model sees `batch_size` inputs at a time; texts go longest first, so that each batch,
-    padded to its longest, holds texts of similar length."""
+    """One row per item, in the items' order (see `_row`). The model sees `batch_size` inputs
+    at a time; texts go longest first, so that each batch, padded to its longest, holds texts
+    of similar length."""
     from tqdm.auto import tqdm
 
     read, options = modality.reader(classifier), modality.call_options()
+    config = classifier.model.config
+    single = (config.problem_type or SINGLE) == SINGLE
     order = list(range(len(items)))
     if not modality.reads_files:  # characters: a free stand-in for tokens
         order.sort(key=lambda i: -len(items[i][1]))
@@ -116,35 +120,68 @@ def classify(
     for start in range(0, len(items), batch_size):
         chunk = order[start : start + batch_size]
         values = [read(items[i][1]) for i in chunk]
-        outputs = classifier(values, top_k=top_k, batch_size=batch_size, **options)
+        # Multi-label and regression need every label's score (top_k=None: all of them).
+        k = top_k if single else None
+        outputs = classifier(values, top_k=k, batch_size=batch_size, **options)
         for i, scores in zip(chunk, outputs, strict=True):
-            top = [{"label": s["label"], "score": float(s["score"])} for s in scores]
-            rows[i] = {"input": items[i][0], "label": top[0]["label"], "score": top[0]["score"],
-                       "top_k": top}  # fmt: skip
+            rows[i] = _row(items[i][0], scores, config, top_k)
         bar.update(len(chunk))
     bar.close()
     return rows
 
 
+SINGLE = "single_label_classification"
+
+
+def _row(name: str, scores: list[dict], config, top_k: int) -> dict[str, Any]:
+    """Single-label: input, label, score, top_k [{label, score}, ...]. Multi-label: input,
+    labels (every label scoring above the threshold tuned on validation, best first), top_k.
+    Regression: input, then each target's value."""
+    scores = [{"label": s["label"], "score": float(s["score"])} for s in scores]
+    if config.problem_type == "regression":
+        value = {s["label"]: s["score"] for s in scores}
+        return {"input": name, **{label: value[label] for label in config.id2label.values()}}
+    scores.sort(key=lambda s: -s["score"])
+    if config.problem_type == "multi_label_classification":
+        threshold = getattr(config, "multi_label_threshold", 0.5)
+        labels = [s["label"] for s in scores if s["score"] > threshold]
+        return {"input": name, "labels": labels, "top_k": scores[:top_k]}
+    top = scores[:top_k]
+    return {"input": name, "label": top[0]["label"], "score": top[0]["score"], "top_k": top}
+
+
 def write(rows: list[dict[str, Any]], output: Path | None) -> None:
+    """A table on stdout, or --output as .csv (lists and dicts as JSON) or .json."""
+    fields = list(rows[0]) if rows else ["input"]
     if output is None:
         width = max([len(r["input"][:60]) for r in rows] + [5])
-        print(f"{'input':<{width}}  {'label':<16} score   top-k")  # noqa: T201
+        print("  ".join([f"{'input':<{width}}", *fields[1:]]))  # noqa: T201
         for r in rows:
-            others = ", ".join(f"{t['label']} {t['score']:.3f}" for t in r["top_k"])
-            print(f"{r['input'][:60]:<{width}}  {r['label']:<16} {r['score']:.3f}   {others}")  # noqa: T201
+            cells = [_shown(r[f]) for f in fields[1:]]
+            print("  ".join([f"{r['input'][:60]:<{width}}", *cells]))  # noqa: T201
         return
     if output.suffix.lower() == ".json":
         output.write_text(json.dumps(rows, indent=2) + "\n")
     elif output.suffix.lower() == ".csv":
         with output.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["input", "label", "score", "top_k"])
+            writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             for r in rows:
-                writer.writerow({**r, "top_k": json.dumps(r["top_k"])})
+                writer.writerow({k: v if isinstance(v, (str, float)) else json.dumps(v)
+                                 for k, v in r.items()})  # fmt: skip
     else:
         raise SftError(f"--output {output}: write .csv or .json")
     log.info("wrote %d predictions to %s", len(rows), output)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, list) and value and isinstance(value[0], dict):  # top_k
+        return ", ".join(f"{t['label']} {t['score']:.3f}" for t in value)
+    if isinstance(value, list):
+        return ", ".join(value) or "-"
+    return f"{value:<16}"
 
 
 def main(argv: list[str] | None = None) -> None:

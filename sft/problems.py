@@ -5,6 +5,7 @@ and which way each is better. What a target is in the data: sft/data/targets.py.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,17 @@ class Problem:
         """`trainer.metric`, with auto resolved to this problem's default."""
         return self.metrics[0] if requested == "auto" else requested
 
+    tunes = False  # whether `tune` learns anything from validation outputs
+
+    def tune(self, validation: Evaluation, metric: str) -> dict[str, float]:
+        """The decision rule, tuned on the validation outputs to maximise `metric`: saved in
+        metrics.json and the model config, applied to every final score and prediction."""
+        return {}
+
+    def apply(self, evaluation: Evaluation, tuned: dict[str, float]) -> Evaluation:
+        """`evaluation` rescored under the tuned rule."""
+        return evaluation
+
     def loss(self, cfg: LossConfig, train_targets: np.ndarray, num_labels: int) -> Loss:
         """The training loss, loss(logits, targets) -> scalar, for these train targets."""
         raise NotImplementedError
@@ -55,16 +67,22 @@ class Problem:
         raise NotImplementedError
 
     def final_report(
-        self, final: Evaluation, validation: Evaluation, labels: list[str], split: str
+        self,
+        final: Evaluation,
+        validation: Evaluation,
+        labels: list[str],
+        split: str,
+        tuned: dict[str, float],
     ) -> dict[str, Any]:
         """metrics.json's scores: the `report` of the final evaluation on `split`, its loss,
-        and the best checkpoint's validation scores."""
+        the best checkpoint's validation scores and the rule tuned on them (`tune`)."""
         return {
             "problem": self.name,
             "split": split,
             **self.report(final.predictions, final.references, labels),
             "loss": final.loss,
             "validation": {"loss": validation.loss, **validation.scores},
+            **tuned,
         }
 
 
@@ -109,8 +127,29 @@ class MultiLabel(Problem):
     def eval_loss(self, logits, targets) -> float:
         return F.binary_cross_entropy_with_logits(logits, targets.float()).item()
 
-    def predict(self, logits) -> np.ndarray:
-        return (logits > 0).long().numpy()  # sigmoid(logit) > 0.5
+    tunes = True
+    GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)  # thresholds tried on validation
+
+    def predict(self, logits, threshold: float = 0.5) -> np.ndarray:
+        return (torch.as_tensor(logits).sigmoid() > threshold).long().numpy()
+
+    def tune(self, validation: Evaluation, metric: str) -> dict[str, float]:
+        """One threshold on every label's sigmoid score: the one of GRID with the best
+        `metric` on validation (macro-F1 when the metric is the loss, which no threshold
+        changes); among equals, the nearest to 0.5."""
+        metric = "f1" if metric == "loss" else metric
+        refs = validation.references.astype(np.int64)
+
+        def score(t: float) -> tuple[float, float]:
+            predictions = self.predict(validation.logits, t)
+            return metrics.multi_label_headline(predictions, refs)[metric], -abs(t - 0.5)
+
+        return {"multi_label_threshold": float(max(self.GRID, key=score))}
+
+    def apply(self, evaluation: Evaluation, tuned: dict[str, float]) -> Evaluation:
+        predictions = self.predict(evaluation.logits, tuned["multi_label_threshold"])
+        scores = self.scores(predictions, evaluation.references)
+        return dataclasses.replace(evaluation, predictions=predictions, scores=scores)
 
     def scores(self, predictions, references) -> dict[str, float]:
         return metrics.multi_label_headline(predictions, references.astype(np.int64))

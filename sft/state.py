@@ -20,6 +20,7 @@ class Evaluation:
     predictions: np.ndarray
     references: np.ndarray
     scores: dict[str, float]  # by problem (sft/problems.py): accuracy, f1, mse, ...
+    logits: np.ndarray | None = None  # the model's outputs; not kept in checkpoints
 
 
 @dataclass
@@ -127,7 +128,12 @@ class Progress:
 def _plain(e: Evaluation | None) -> dict | None:
     if e is None:
         return None
-    return {**vars(e), "predictions": e.predictions.tolist(), "references": e.references.tolist()}
+    return {
+        "loss": e.loss,
+        "predictions": e.predictions.tolist(),
+        "references": e.references.tolist(),
+        "scores": e.scores,
+    }
 
 
 def _from_plain(e: dict | None) -> Evaluation | None:

@@ -216,12 +216,13 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
             accelerator.end_training()
             raise preempted.stopped(outcome.steps, checkpoints.root)
         loaders = job.loaders
-        validation, final = loop.final_evaluations(
+        validation, final, tuned = loop.final_evaluations(
             accelerator, job.model, outcome, loaders.validation, loaders.test, t.progress, problem
         )
+    accelerator.unwrap_model(job.model).config.update(tuned)  # saved with the model
     split = "test" if job.loaders.test is not None else "validation"
     result = {
-        **problem.final_report(final, validation, labels, split),
+        **problem.final_report(final, validation, labels, split, tuned),
         "best_step": outcome.best.step,
         "steps": outcome.steps,
         **outcome.timings(),

@@ -176,6 +176,25 @@ def test_regression_scores_match_scikit_learn_and_scipy(targets):
     assert scores["spearman"] == pytest.approx(spearman, rel=1e-5)
 
 
+def test_the_threshold_is_tuned_on_validation_and_rescores_the_evaluation():
+    from sft.state import Evaluation
+
+    problem = PROBLEMS["multi_label"]
+    refs = np.array([[1, 0], [1, 1], [0, 1], [0, 0]], dtype=np.float32)
+    # Every positive scores 0.3 (sigmoid), every negative 0.1: only a threshold in [0.1, 0.3)
+    # gets them all right; 0.25 is the grid point nearest 0.5 among those.
+    logits = np.log(np.where(refs == 1, 0.3 / 0.7, 0.1 / 0.9)).astype(np.float32)
+    at_half = problem.predict(logits)
+    validation = Evaluation(0.0, at_half, refs, problem.scores(at_half, refs), logits)
+    assert validation.scores["f1"] == 0.0  # nothing predicted at 0.5
+    tuned = problem.tune(validation, "f1")
+    assert tuned == {"multi_label_threshold": 0.25}
+    rescored = problem.apply(validation, tuned)
+    assert rescored.predictions.tolist() == refs.astype(int).tolist()
+    assert rescored.scores["f1"] == rescored.scores["accuracy"] == 1.0
+    assert problem.tune(validation, "loss") == tuned  # the loss cannot pick one: macro-F1 does
+
+
 def test_pos_weight_auto_weighs_each_label_by_its_negatives_per_positive():
     targets = np.array([[1, 0], [1, 0], [1, 1], [0, 0]], dtype=np.float32)
     loss = PROBLEMS["multi_label"].loss(LossConfig(pos_weight="auto"), targets, 2)
@@ -236,6 +255,8 @@ def test_train_saves_a_model_of_the_problem_and_its_scores(
     assert [r[metric] for r in evals if r["kind"] == "eval"]  # scored every evaluation
     if problem == "multi_label":
         assert metrics["labels"] == ["politics", "sport", "tech"]
+        threshold = metrics["multi_label_threshold"]
+        assert 0 < threshold < 1 and config["multi_label_threshold"] == threshold
         assert set(metrics["per_class"]) == set(metrics["labels"])
         assert (run_dir / "plots" / "accuracy.png").exists()
     else:
@@ -252,6 +273,17 @@ def test_train_saves_a_model_of_the_problem_and_its_scores(
     by_label = {s["label"]: s["score"] for s in scores}
     for i, label in model.config.id2label.items():
         assert by_label[label] == pytest.approx(expected[i].item(), rel=1e-4)
+
+    out = tmp_path / "predictions.json"
+    predicted = run_cli(str(run_dir), text, "--output", str(out), cwd=tmp_path,
+                        module="sft.predict")  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    [row] = json.loads(out.read_text())
+    if problem == "multi_label":
+        above = [label for label, s in by_label.items() if s > config["multi_label_threshold"]]
+        assert sorted(row["labels"]) == sorted(above)
+    else:
+        assert row["score"] == pytest.approx(by_label["score"], rel=1e-4)
 
 
 def pipeline_inputs(model_dir: str, text: str) -> dict:
@@ -282,3 +314,58 @@ def test_keys_of_another_problem_are_refused_up_front(settings, message):
         setattr(functools.reduce(getattr, path, cfg), name, value)
     with pytest.raises(SftError, match=re.escape(message)):
         validate(cfg)
+
+
+def problem_run(tagged_corpus, tiny_checkpoint, problem: str) -> list[str]:
+    options = {
+        "multi_label": ["data.label_column=tags", 'data.label_separator=","'],
+        "regression": ["data.label_column=score"],
+    }[problem]
+    return [
+        "recipe=bert_news",
+        f"model.checkpoint={tiny_checkpoint}",
+        f"data.path={tagged_corpus}",
+        f"problem={problem}",
+        *options,
+        "data.max_length=32",
+        "trainer.batch_size=4",
+        "trainer.epochs=2",
+        "trainer.log_every=1",
+        "optimizer.lr=5e-3",
+        "trainer.progress=false",
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("problem", ["multi_label", "regression"])
+def test_a_preempted_run_resumes_to_the_uninterrupted_result(
+    tmp_path, tiny_checkpoint, tagged_corpus, problem
+):
+    from tests.test_resume import interrupted, outcome
+
+    common = problem_run(tagged_corpus, tiny_checkpoint, problem)
+    whole = run_cli(*common, f"output_dir={tmp_path / 'whole'}", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    args = [*common, f"output_dir={tmp_path / 'preempted'}"]
+    stopped = interrupted("TERM", 5, *args, cwd=tmp_path)
+    assert "stopped by SIGTERM at step 5" in stopped.stderr, stopped.stderr[-3000:]
+    resumed = run_cli(*args, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert outcome(tmp_path / "preempted") == outcome(tmp_path / "whole")
+
+
+@pytest.mark.slow
+def test_two_processes_score_each_multi_label_example_once(
+    tmp_path, tiny_checkpoint, tagged_corpus
+):
+    from tests.helpers.distributed import launch
+
+    run_dir = tmp_path / "run"
+    args = problem_run(tagged_corpus, tiny_checkpoint, "multi_label")
+    launch("-m", "sft.train", *args, "trainer.eval_batch_size=4", f"output_dir={run_dir}",
+           cwd=tmp_path)  # fmt: skip
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["num_examples"] == 18  # test rows, none duplicated by the sampler
+    assert sum(m["support"] for m in metrics["per_class"].values()) == sum(
+        len(r["tags"]) for r in tagged_rows(6, seed=2)
+    )
