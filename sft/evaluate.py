@@ -33,7 +33,7 @@ def evaluate_model(
     """Metrics of the model in `source` on the data the overrides name; writes them out."""
     from accelerate import Accelerator
 
-    from sft import loop, metrics, plots
+    from sft import loop, metrics, plots, problems
     from sft.data.loaders import eval_loader, load_raw_data
     from sft.data.splits import Splits
     from sft.model import resolve
@@ -47,14 +47,9 @@ def evaluate_model(
     raw = load_raw_data(modality, cfg.data)
     split = _choose_split(raw, split, cfg.data.path)
     model = found.load()
-    problem_type = model.config.problem_type or "single_label_classification"
-    if problem_type != "single_label_classification":
-        raise SftError(
-            f"{source} is a {problem_type} model: sft.evaluate scores single-label models so "
-            f"far; its run's metrics.json holds its test scores"
-        )
+    problem = problems.of_model(model.config)
     labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-    ds = _with_label_ids(raw[split], cfg.data.label_column, labels, f"{cfg.data.path} ({split})")
+    ds = _with_targets(raw[split], cfg.data, problem.name, labels, f"{cfg.data.path} ({split})")
     # Inputs encode whole splits; an empty validation split costs nothing.
     encoded = inputs.encode(Splits(ds, ds.select([]), None, labels)).train
     accelerator = Accelerator()
@@ -63,13 +58,17 @@ def evaluate_model(
     )
     metrics.load()  # seconds of imports, before the clock starts (as loading the model)
     start = time.perf_counter()
-    result = loop.evaluate(accelerator, model, loader, progress)
+    result = loop.evaluate(accelerator, model, loader, progress, problem)
+    tuned = problem.saved_rule(model.config)  # as tuned on the run's validation split
+    result = problem.apply(result, tuned)
     seconds = time.perf_counter() - start
     report = {
+        "problem": problem.name,
         "split": split,
         "data": cfg.data.path,
         "model": found.ref,
-        **metrics.report(result.predictions, result.references, labels),
+        **problem.report(result.predictions, result.references, labels),
+        **tuned,
         "loss": result.loss,
         "seconds": seconds,  # forward passes and scores: loading and encoding excluded
         "examples_per_s": len(encoded) / seconds,
@@ -77,19 +76,12 @@ def evaluate_model(
     name = Path(cfg.data.path).name or "data"
     parent = found.run.evaluations if found.run is not None else Path("evaluations")
     out = output_dir or parent / f"{name}-{split}"
-    plots.plot_confusion(
-        report["confusion_matrix"], labels, f"{name} {split}", out / "confusion_matrix.png"
-    )
+    if "confusion_matrix" in report:
+        matrix, title = report["confusion_matrix"], f"{name} {split}"
+        plots.plot_confusion(matrix, labels, title, out / "confusion_matrix.png")
     write_json(out / "metrics.json", report)
-    log.info(
-        "%s %s: accuracy %.4f, macro-F1 %.4f on %d examples -> %s",
-        name,
-        split,
-        report["accuracy"],
-        report["f1"],
-        report["num_examples"],
-        out,
-    )
+    scores = ", ".join(f"{k} {report[k]:.4f}" for k in problem.metrics)
+    log.info("%s %s: %s on %d examples -> %s", name, split, scores, report["num_examples"], out)
     return report
 
 
@@ -103,6 +95,26 @@ def _choose_split(raw, split: str | None, source: str) -> str:
     if len(raw) == 1:
         return next(iter(raw))
     raise SftError(f"{source} has splits {sorted(raw)}; name the one to evaluate")
+
+
+def _with_targets(ds, data, problem: str, labels: list[str], where: str):
+    """`ds` with the targets of `problem` in LABELS, for a model trained on `labels`."""
+    if problem == "single_label":
+        return _with_label_ids(ds, data.label_column, labels, where)
+    from sft.data.splits import LABELS
+    from sft.data.targets import TargetSpec, arrow_column, targets_for
+
+    columns = tuple(data.label_columns or ())
+    spec = TargetSpec(problem, data.label_column, columns, data.label_separator)
+    for column in spec.sources:
+        if column not in ds.column_names:
+            raise SftError(
+                f"column '{column}' not found in {where}; columns found: {ds.column_names}; "
+                f"set {spec.key}=<one of them>"
+            )
+    if LABELS in ds.column_names:
+        ds = ds.remove_columns(LABELS)
+    return ds.add_column(LABELS, arrow_column(targets_for(ds, spec, labels, where)))
 
 
 def _with_label_ids(ds, column: str, labels: list[str], where: str):

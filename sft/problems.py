@@ -6,6 +6,7 @@ and which way each is better. What a target is in the data: sft/data/targets.py.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,10 @@ class Problem:
     def apply(self, evaluation: Evaluation, tuned: dict[str, float]) -> Evaluation:
         """`evaluation` rescored under the tuned rule."""
         return evaluation
+
+    def saved_rule(self, config: Any) -> dict[str, float]:
+        """The tuned rule a saved model's config carries (what `tune` returned)."""
+        return {}
 
     def loss(self, cfg: LossConfig, train_targets: np.ndarray, num_labels: int) -> Loss:
         """The training loss, loss(logits, targets) -> scalar, for these train targets."""
@@ -146,6 +151,9 @@ class MultiLabel(Problem):
 
         return {"multi_label_threshold": float(max(self.GRID, key=score))}
 
+    def saved_rule(self, config: Any) -> dict[str, float]:
+        return {"multi_label_threshold": getattr(config, "multi_label_threshold", 0.5)}
+
     def apply(self, evaluation: Evaluation, tuned: dict[str, float]) -> Evaluation:
         predictions = self.predict(evaluation.logits, tuned["multi_label_threshold"])
         scores = self.scores(predictions, evaluation.references)
@@ -193,13 +201,22 @@ def _regression_loss(predictions, targets, huber: bool):
 PROBLEMS: dict[str, Problem] = {p.name: p for p in (SingleLabel(), MultiLabel(), Regression())}
 
 
+def of_model(config: Any) -> Problem:
+    """The problem a transformers model config's `problem_type` names (single-label if none)."""
+    by_type = {p.problem_type: p for p in PROBLEMS.values()}
+    return by_type.get(config.problem_type or "", PROBLEMS["single_label"])
+
+
 def get(name: str) -> Problem:
     """The problem `name` names; validation.py has refused any other."""
     return PROBLEMS[name]
 
 
 def better(metric: str, value: float) -> float:
-    """`value` turned so that larger is better (loss, mse, mae are better smaller)."""
+    """`value` turned so that larger is better (loss, mse, mae are better smaller); an undefined
+    score (NaN: a correlation of constant predictions) is the worst."""
+    if value != value:
+        return -math.inf
     return -value if metric in LOWER_IS_BETTER else value
 
 

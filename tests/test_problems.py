@@ -195,6 +195,22 @@ def test_the_threshold_is_tuned_on_validation_and_rescores_the_evaluation():
     assert problem.tune(validation, "loss") == tuned  # the loss cannot pick one: macro-F1 does
 
 
+def test_an_undefined_score_never_counts_as_the_best():
+    from sft.problems import better
+    from sft.state import Best, Evaluation
+
+    def evaluation(loss: float, pearson: float) -> Evaluation:
+        return Evaluation(loss, np.zeros(2), np.zeros(2), {"pearson": pearson})
+
+    assert better("pearson", float("nan")) == -np.inf
+    best = Best("pearson")
+    assert best.update(evaluation(0.9, 0.1), 1, dict)
+    assert not best.update(evaluation(0.1, float("nan")), 2, dict)  # lower loss, no pearson
+    only_undefined = Best("pearson")  # then the loss decides
+    assert only_undefined.update(evaluation(0.9, float("nan")), 1, dict)
+    assert only_undefined.update(evaluation(0.5, float("nan")), 2, dict)
+
+
 def test_pos_weight_auto_weighs_each_label_by_its_negatives_per_positive():
     targets = np.array([[1, 0], [1, 0], [1, 1], [0, 0]], dtype=np.float32)
     loss = PROBLEMS["multi_label"].loss(LossConfig(pos_weight="auto"), targets, 2)
@@ -284,6 +300,16 @@ def test_train_saves_a_model_of_the_problem_and_its_scores(
         assert sorted(row["labels"]) == sorted(above)
     else:
         assert row["score"] == pytest.approx(by_label["score"], rel=1e-4)
+
+    # sft.evaluate on the run's own test split scores as the run did (threshold included).
+    judged = run_cli(str(run_dir), f"data.path={tagged_corpus}", "test", "--output-dir",
+                     str(tmp_path / "judged"), cwd=tmp_path, module="sft.evaluate")  # fmt: skip
+    assert judged.returncode == 0, judged.stderr[-3000:]
+    again = json.loads((tmp_path / "judged" / "metrics.json").read_text())
+    assert again["problem"] == problem and again["num_examples"] == metrics["num_examples"]
+    for key in PROBLEMS[problem].metrics:
+        # (a correlation of constant predictions is NaN in both)
+        assert again[key] == pytest.approx(metrics[key], rel=1e-4, abs=1e-6, nan_ok=True), key
 
 
 def pipeline_inputs(model_dir: str, text: str) -> dict:

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from sft.data.columns import column_values
-from sft.data.targets import TargetSpec, read_targets
+from sft.data.targets import TargetSpec, arrow_column, read_targets
 from sft.errors import SftError
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def build_splits(
 
     names, targets = read_targets(raw, spec, source)
     encoded = {
-        split: raw[split].select_columns([input_column]).add_column(LABELS, _column(values))
+        split: raw[split].select_columns([input_column]).add_column(LABELS, arrow_column(values))
         for split, values in targets.items()
     }
     by_class = problem == "single_label"
@@ -106,17 +106,6 @@ def build_splits(
         test=_cap(test, max_eval_samples, seed) if test is not None else None,
         labels=names,
     )
-
-
-def _column(values: np.ndarray):
-    """`values` as `add_column` takes them fast: a 1-D array as it is (a list would be
-    fingerprinted element by element), rows of a 2-D one as an Arrow fixed-size list."""
-    if values.ndim == 1:
-        return values
-    import pyarrow as pa
-
-    flat = pa.array(values.reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
 
 
 def _stratified_split(

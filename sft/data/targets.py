@@ -64,6 +64,37 @@ def _hidden(ds: datasets.Dataset, spec: TargetSpec) -> bool:
     return all(v is None or (isinstance(v, int) and v < 0) for v in column_values(ds, spec.column))
 
 
+def arrow_column(values: np.ndarray):
+    """`values` as `add_column` takes them fast: a 1-D array as it is (a list would be
+    fingerprinted element by element), rows of a 2-D one as an Arrow fixed-size list."""
+    if values.ndim == 1:
+        return values
+    import pyarrow as pa
+
+    flat = pa.array(values.reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+
+
+def targets_for(ds: datasets.Dataset, spec: TargetSpec, names: list[str], where: str) -> np.ndarray:
+    """A multi-label or regression split's targets for a model trained on `names` (labels or
+    targets, in the model's order): as `read_targets` encodes them."""
+    if spec.problem == "regression":
+        if len(spec.sources) != len(names):
+            raise SftError(
+                f"the model predicts {len(names)} target(s) {names}, but {spec.key} names "
+                f"{len(spec.sources)}: {list(spec.sources)}; name one column per target"
+            )
+        return _number_encoder(spec)(ds, where)
+    if spec.columns:
+        if list(spec.columns) != names:
+            raise SftError(
+                f"data.label_columns={list(spec.columns)} differ from the model's labels "
+                f"{names}; name one 0/1 column per label, in that order"
+            )
+        return _indicator_columns(spec)(ds, where)
+    return _hot_encoder(_label_sets(ds, spec, where), names)(ds, where)
+
+
 def _empty(v) -> bool:
     return v is None or (isinstance(v, float) and v != v)  # a blank CSV cell: None or NaN
 
@@ -127,7 +158,7 @@ def _refuse_unseen(unseen: list[str], names: list[str], where: str) -> None:
 # -- multi_label ----------------------------------------------------------------------------
 def _multi_hot(train: datasets.Dataset, spec: TargetSpec, where: str):
     if spec.columns:
-        return _indicator_columns(spec)
+        return list(spec.columns), _indicator_columns(spec)
     parse = _label_sets(train, spec, where)
     names = sorted({label for labels in parse(train, where) for label in labels})
     if not names:
@@ -135,6 +166,10 @@ def _multi_hot(train: datasets.Dataset, spec: TargetSpec, where: str):
             f"{where} has no labels at all in column '{spec.column}': every row's label set is "
             f"empty; check data.label_column and data.label_separator"
         )
+    return names, _hot_encoder(parse, names)
+
+
+def _hot_encoder(parse, names: list[str]):
     index = {name: i for i, name in enumerate(names)}
 
     def encode(ds: datasets.Dataset, where: str) -> np.ndarray:
@@ -145,7 +180,7 @@ def _multi_hot(train: datasets.Dataset, spec: TargetSpec, where: str):
             hot[row, [index[x] for x in labels]] = 1.0
         return hot
 
-    return names, encode
+    return encode
 
 
 def _label_sets(train: datasets.Dataset, spec: TargetSpec, where: str):
@@ -180,7 +215,7 @@ def _label_sets(train: datasets.Dataset, spec: TargetSpec, where: str):
 
 
 def _indicator_columns(spec: TargetSpec):
-    names = list(spec.columns)
+    names = list(spec.columns)  # the label names
 
     def encode(ds: datasets.Dataset, where: str) -> np.ndarray:
         hot = np.zeros((len(ds), len(names)), dtype=np.float32)
@@ -194,11 +229,15 @@ def _indicator_columns(spec: TargetSpec):
                 hot[row, j] = float(value)
         return hot
 
-    return names, encode
+    return encode
 
 
 # -- regression -----------------------------------------------------------------------------
 def _numbers(train: datasets.Dataset, spec: TargetSpec, where: str):
+    return list(spec.sources), _number_encoder(spec)
+
+
+def _number_encoder(spec: TargetSpec):
     names = list(spec.sources)
 
     def encode(ds: datasets.Dataset, where: str) -> np.ndarray:
@@ -208,7 +247,7 @@ def _numbers(train: datasets.Dataset, spec: TargetSpec, where: str):
                 out[row, j] = _number(value, row, column, where)
         return out
 
-    return names, encode
+    return encode
 
 
 def _number(value, row: int, column: str, where: str) -> float:
