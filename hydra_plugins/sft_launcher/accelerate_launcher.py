@@ -93,7 +93,8 @@ def _job_return(overrides: list[str], config: DictConfig, job_dir: Path, code: i
     run = RunDir(job_dir)
     if code == 0 and run.finished():
         ret.status = JobStatus.COMPLETED
-        ret.return_value = run.read_metrics()["validation"][config.trainer.metric]
+        metric = run.read_config().trainer.metric  # as the job resolved it (auto: by problem)
+        ret.return_value = run.read_metrics()["validation"][metric]
     else:
         ret.status = JobStatus.FAILED
         ret.return_value = RuntimeError(
