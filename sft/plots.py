@@ -60,6 +60,26 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], title: str, path:
     return path
 
 
+def plot_per_label(per_class: dict[str, dict[str, float]], title: str, path: Path) -> Path:
+    """Precision, recall and F1 of each label as grouped horizontal bars, worst F1 on top: where
+    a multi-label model falls short, at a glance."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = sorted(per_class, key=lambda n: per_class[n]["f1"])
+    rows = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(7, 0.5 * max(len(names), 2) + 1.2))
+    for k, key in enumerate(("precision", "recall", "f1")):
+        values = [per_class[n][key] for n in names]
+        ax.barh(rows + (k - 1) * 0.27, values, height=0.27, label=key)
+    ax.set_yticks(rows, [f"{n} ({per_class[n]['support']})" for n in names])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("score (support in brackets)")
+    ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def _finish(ax, title: str, ylabel: str) -> None:
     ax.set_title(title)
     ax.set_xlabel("optimizer step")

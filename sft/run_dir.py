@@ -131,6 +131,9 @@ class RunDir:
             shutil.rmtree(model, ignore_errors=True)
             save_model(model)
             plots.plot_curves(self.read_history(), self.plots)
+            if result.get("problem") == "multi_label":
+                title = f"{result['split']} scores per label"
+                plots.plot_per_label(result["per_class"], title, self.plots / "per_label.png")
             if "confusion_matrix" in result:  # single-label runs
                 plots.plot_confusion(
                     result["confusion_matrix"],

@@ -275,6 +275,7 @@ def test_train_saves_a_model_of_the_problem_and_its_scores(
         assert 0 < threshold < 1 and config["multi_label_threshold"] == threshold
         assert set(metrics["per_class"]) == set(metrics["labels"])
         assert (run_dir / "plots" / "accuracy.png").exists()
+        assert (run_dir / "plots" / "per_label.png").exists()
     else:
         assert metrics["labels"] == ["score"] and config["id2label"] == {"0": "score"}
         assert (run_dir / "plots" / "scores.png").exists()
