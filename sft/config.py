@@ -49,6 +49,8 @@ class DataConfig:
     # multi_label / regression: one column per label (0/1) or per numeric target, instead
     label_columns: list[str] | None = None
     label_separator: str | None = None  # multi_label: the character between labels in a string
+    # regression: learn each target as (value - mean) / std of train; outputs are scaled back
+    standardize_targets: bool = True
     # Text files are decoded with these encodings, tried in order, before failing.
     encodings: list[str] = field(default_factory=lambda: ["utf-8"])
     max_length: int = 256  # tokens per example; longer texts are truncated

@@ -56,7 +56,7 @@ def evaluate_model(
     model, loader = accelerator.prepare(
         model, eval_loader(encoded, inputs, cfg.trainer.eval_batch_size)
     )
-    metrics.load()  # seconds of imports, before the clock starts (as loading the model)
+    metrics.load(problem.name)  # seconds of imports, before the clock starts (as loading the model)
     start = time.perf_counter()
     result = loop.evaluate(accelerator, model, loader, progress, problem)
     tuned = problem.saved_rule(model.config)  # as tuned on the run's validation split
@@ -101,17 +101,13 @@ def _with_targets(ds, data, problem: str, labels: list[str], where: str):
     """`ds` with the targets of `problem` in LABELS, for a model trained on `labels`."""
     if problem == "single_label":
         return _with_label_ids(ds, data.label_column, labels, where)
+    from sft.data.columns import require_columns
     from sft.data.splits import LABELS
     from sft.data.targets import TargetSpec, arrow_column, targets_for
 
     columns = tuple(data.label_columns or ())
     spec = TargetSpec(problem, data.label_column, columns, data.label_separator)
-    for column in spec.sources:
-        if column not in ds.column_names:
-            raise SftError(
-                f"column '{column}' not found in {where}; columns found: {ds.column_names}; "
-                f"set {spec.key}=<one of them>"
-            )
+    require_columns(ds, [(spec.key, c) for c in spec.sources], where)
     if LABELS in ds.column_names:
         ds = ds.remove_columns(LABELS)
     return ds.add_column(LABELS, arrow_column(targets_for(ds, spec, labels, where)))
@@ -122,14 +118,10 @@ def _with_label_ids(ds, column: str, labels: list[str], where: str):
     import datasets
     import numpy as np
 
-    from sft.data.columns import column_values
+    from sft.data.columns import column_values, require_columns
     from sft.data.splits import LABELS
 
-    if column not in ds.column_names:
-        raise SftError(
-            f"column '{column}' not found in {where}; columns found: {ds.column_names}; set "
-            f"data.label_column=<one of them>"
-        )
+    require_columns(ds, [("data.label_column", column)], where)
     feature = ds.features[column]
     names = [
         feature.int2str(v) if isinstance(feature, datasets.ClassLabel) else str(v)

@@ -23,10 +23,23 @@ def _load(name: str, config_name: str | None = None):
     return evaluate.load(str(MODULES / name), config_name)
 
 
-def load() -> None:
-    """Import `evaluate` and load the modules `headline` uses, now rather than at the first
-    evaluation: callers that time evaluations time the work, not this one-off."""
-    _load("accuracy"), _load("f1")
+# The (module, configuration) pairs each problem's scores use.
+MODULES_OF = {
+    "single_label": [("accuracy", None), ("f1", None)],
+    "multi_label": [("accuracy", "multilabel"), ("f1", "multilabel")],
+    "regression": [
+        (m, config)
+        for m in ("mse", "mae", "r_squared", "pearsonr", "spearmanr")
+        for config in (None, "multilist")
+    ],
+}
+
+
+def load(problem: str = "single_label") -> None:
+    """Import `evaluate` and load the modules `problem`'s scores use, now rather than at the
+    first evaluation: callers that time evaluations time the work, not this one-off."""
+    for name, config in MODULES_OF[problem]:
+        _load(name, config)
 
 
 def headline(predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
@@ -54,16 +67,22 @@ def report(predictions: np.ndarray, references: np.ndarray, labels: list[str]) -
     }
 
 
-def multi_label_headline(predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
+MULTI_LABEL_HEADLINE = ("f1", "f1_micro", "accuracy")
+
+
+def multi_label_headline(
+    predictions: np.ndarray, references: np.ndarray, names: tuple[str, ...] = MULTI_LABEL_HEADLINE
+) -> dict[str, float]:
     """Macro-F1 (f1), micro-F1 (f1_micro) and subset accuracy (accuracy: every label right) of
-    0/1 rows, one column per label."""
+    0/1 rows, one column per label; only those of `names`."""
     args = {"predictions": predictions.tolist(), "references": references.tolist()}
-    f1 = _load("f1", "multilabel")
-    return {
-        "f1": float(f1.compute(**args, average="macro")["f1"]),
-        "f1_micro": float(f1.compute(**args, average="micro")["f1"]),
-        "accuracy": float(_load("accuracy", "multilabel").compute(**args)["accuracy"]),
+    f1, accuracy = _load("f1", "multilabel"), _load("accuracy", "multilabel")
+    compute = {
+        "f1": lambda: f1.compute(**args, average="macro")["f1"],
+        "f1_micro": lambda: f1.compute(**args, average="micro")["f1"],
+        "accuracy": lambda: accuracy.compute(**args)["accuracy"],
     }
+    return {name: float(compute[name]()) for name in names}
 
 
 def multi_label_report(

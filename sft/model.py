@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, PreTrainedModel
 
@@ -157,3 +158,20 @@ def detect_task(ref: str) -> str:
         "pass a run directory, a model directory or a hub id",
     )
     return modalities.task_of(config.model_type)
+
+
+def output_layer(model: torch.nn.Module, outputs: int, otherwise: str) -> torch.nn.Linear:
+    """The linear layer whose outputs are `model`'s logits: the last one registered with
+    `outputs` features and a bias (in a peft model, the trained copy of the head). `otherwise`:
+    the setting that avoids needing one, named in the error."""
+    found = [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear) and m.out_features == outputs and m.bias is not None
+    ]
+    if not found:
+        raise SftError(
+            f"{type(model).__name__} has no linear output layer of {outputs} features with a "
+            f"bias to fold the target scale into; set {otherwise}"
+        )
+    return found[-1]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from sft import metrics
 from sft.config import LossConfig
 from sft.errors import SftError
+from sft.metrics import MULTI_LABEL_HEADLINE
 
 if TYPE_CHECKING:
     from sft.state import Evaluation
@@ -31,11 +32,11 @@ class Problem:
     problem_type: str  # transformers' `config.problem_type`: pipelines score by it
     metrics: tuple[str, ...]  # what `trainer.metric` may name besides loss; the first: default
 
+    tunes = False  # whether `tune` learns anything from validation outputs
+
     def metric(self, requested: str) -> str:
         """`trainer.metric`, with auto resolved to this problem's default."""
         return self.metrics[0] if requested == "auto" else requested
-
-    tunes = False  # whether `tune` learns anything from validation outputs
 
     def tune(self, validation: Evaluation, metric: str) -> dict[str, float]:
         """The decision rule, tuned on the validation outputs to maximise `metric`: saved in
@@ -49,6 +50,16 @@ class Problem:
     def saved_rule(self, config: Any) -> dict[str, float]:
         """The tuned rule a saved model's config carries (what `tune` returned)."""
         return {}
+
+    def fitted(self, train_targets: np.ndarray, standardize: bool) -> Problem:
+        """This problem for a run on `train_targets` (regression: their scale, when
+        `data.standardize_targets`)."""
+        return self
+
+    def bake_into(self, model: torch.nn.Module, tuned: dict[str, float]) -> None:
+        """Make the trained `model` carry what a saved model must: the tuned rule in its
+        config (and, for standardised regression, the target scale in its output layer)."""
+        model.config.update(tuned)
 
     def loss(self, cfg: LossConfig, train_targets: np.ndarray, num_labels: int) -> Loss:
         """The training loss, loss(logits, targets) -> scalar, for these train targets."""
@@ -118,7 +129,9 @@ class MultiLabel(Problem):
     """Independent yes/no per label: sigmoid scores, a label predicted above 0.5."""
 
     name, problem_type = "multi_label", "multi_label_classification"
-    metrics = ("f1", "f1_micro", "accuracy")
+    metrics = MULTI_LABEL_HEADLINE
+    tunes = True
+    GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)  # thresholds tried on validation
 
     def loss(self, cfg: LossConfig, train_targets: np.ndarray, num_labels: int) -> Loss:
         weight = None
@@ -132,9 +145,6 @@ class MultiLabel(Problem):
     def eval_loss(self, logits, targets) -> float:
         return F.binary_cross_entropy_with_logits(logits, targets.float()).item()
 
-    tunes = True
-    GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)  # thresholds tried on validation
-
     def predict(self, logits, threshold: float = 0.5) -> np.ndarray:
         return (torch.as_tensor(logits).sigmoid() > threshold).long().numpy()
 
@@ -147,7 +157,8 @@ class MultiLabel(Problem):
 
         def score(t: float) -> tuple[float, float]:
             predictions = self.predict(validation.logits, t)
-            return metrics.multi_label_headline(predictions, refs)[metric], -abs(t - 0.5)
+            score = metrics.multi_label_headline(predictions, refs, (metric,))[metric]
+            return score, -abs(t - 0.5)
 
         return {"multi_label_threshold": float(max(self.GRID, key=score))}
 
@@ -167,35 +178,68 @@ class MultiLabel(Problem):
 
 
 class Regression(Problem):
-    """One or more numbers per example, predicted as they are (no squashing)."""
+    """One or more numbers per example, predicted as they are (no squashing). `fitted` with
+    standardisation, the model learns each target as (value - mean) / std of the train split;
+    predictions are scaled back, and `bake_into` folds the scale into the saved output layer, so
+    the saved model predicts the values themselves."""
 
     name, problem_type = "regression", "regression"
     metrics = ("mse", "mae", "r2", "pearson", "spearman")
 
+    def __init__(self, mean: np.ndarray | None = None, std: np.ndarray | None = None):
+        self.mean, self.std = mean, std
+
+    def fitted(self, train_targets: np.ndarray, standardize: bool) -> Problem:
+        if not standardize:
+            return self
+        targets = np.asarray(train_targets, dtype=np.float64)
+        std = targets.std(0)
+        std[std == 0] = 1.0  # a constant target: nothing to scale
+        return Regression(targets.mean(0).astype(np.float32), std.astype(np.float32))
+
+    def _standardized(self, targets: torch.Tensor) -> torch.Tensor:
+        if self.mean is None:
+            return targets.float()
+        mean, std = (torch.as_tensor(a, device=targets.device) for a in (self.mean, self.std))
+        return (targets.float() - mean) / std
+
     def loss(self, cfg: LossConfig, train_targets: np.ndarray, num_labels: int) -> Loss:
-        return partial(_regression_loss, huber=cfg.regression == "huber")
+        fn = F.huber_loss if cfg.regression == "huber" else F.mse_loss
+        return lambda outputs, targets: fn(outputs.float(), self._standardized(targets))
 
     def eval_loss(self, logits, targets) -> float:
-        return F.mse_loss(logits, targets.float()).item()
+        return F.mse_loss(logits.float(), self._standardized(targets)).item()
 
     def predict(self, logits) -> np.ndarray:
-        return logits.numpy()
+        values = logits.float().numpy()
+        return values if self.mean is None else values * self.std + self.mean
+
+    def bake_into(self, model: torch.nn.Module, tuned: dict[str, float]) -> None:
+        if self.mean is not None:
+            from sft.model import output_layer
+
+            layer = output_layer(model, len(self.mean), "data.standardize_targets=false")
+            std, mean = (
+                torch.as_tensor(a, dtype=layer.weight.dtype) for a in (self.std, self.mean)
+            )
+            with torch.no_grad():  # w·x + b, scaled back: (w·x + b)·std + mean
+                layer.weight.mul_(std[:, None].to(layer.weight.device))
+                layer.bias.mul_(std.to(layer.bias.device)).add_(mean.to(layer.bias.device))
+        super().bake_into(model, tuned)
 
     def scores(self, predictions, references) -> dict[str, float]:
         return metrics.regression_scores(predictions, references)
 
     def report(self, predictions, references, labels) -> dict[str, Any]:
-        return metrics.regression_report(predictions, references, labels)
+        report = metrics.regression_report(predictions, references, labels)
+        if self.mean is not None:
+            report["standardized_targets"] = {"mean": self.mean.tolist(), "std": self.std.tolist()}
+        return report
 
 
 def _binary_cross_entropy(logits, targets, pos_weight):
     weight = pos_weight.to(logits.device) if pos_weight is not None else None
     return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=weight)
-
-
-def _regression_loss(predictions, targets, huber: bool):
-    fn = F.huber_loss if huber else F.mse_loss
-    return fn(predictions.float(), targets.float())
 
 
 PROBLEMS: dict[str, Problem] = {p.name: p for p in (SingleLabel(), MultiLabel(), Regression())}

@@ -46,7 +46,10 @@ def recorder(accelerator: Any, run: Any) -> Any:
 
 
 def start(accelerator: Any, name: str, cfg: Any) -> None:
-    """Start the tracker `log_with(name)` chose, with the run's config as hyper-parameters."""
+    """Start the tracker `log_with(name)` chose, with the run's config as hyper-parameters
+    (logger=none: none)."""
+    if name == "none":
+        return
     # TensorBoard writes to <project_dir>/<project name>: <run>/tensorboard/.
     project = "tensorboard" if name == "tensorboard" else "sft"
     accelerator.init_trackers(project, config=hyperparameters(cfg))

@@ -52,7 +52,7 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     """
     from accelerate.utils import set_seed
 
-    from sft import hub, problems
+    from sft import hub, problems, trackers
     from sft.accelerator import make_accelerator
     from sft.checkpoint import Checkpoints
 
@@ -81,10 +81,7 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     if cfg.dry_run:
         accelerator.end_training()
         return job.param_groups
-    if cfg.logger.name != "none":
-        from sft import trackers
-
-        trackers.start(accelerator, cfg.logger.name, cfg)
+    trackers.start(accelerator, cfg.logger.name, cfg)
     result = fit(cfg, accelerator, job, out, checkpoints, resume_from)
     weights = accelerator.get_state_dict(job.model)  # the best, whole; every process calls it
     if accelerator.is_main_process:
@@ -188,8 +185,9 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
             log.info("epoch %d: %d of %d blocks train", epoch, blocks, total)
 
     keep = t.keep_checkpoints > 0
-    labels, problem = job.splits.labels, problems.get(cfg.problem)
-    loss = problem.loss(cfg.loss, job.splits.train_targets(), len(labels))
+    labels, targets = job.splits.labels, job.splits.train_targets()
+    problem = problems.get(cfg.problem).fitted(targets, cfg.data.standardize_targets)
+    loss = problem.loss(cfg.loss, targets, len(labels))
     # Validation batches carry cache keys: evaluate them within `serving` too.
     with (
         job.cache.serving() if job.cache is not None else nullcontext(),
@@ -219,7 +217,7 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
         validation, final, tuned = loop.final_evaluations(
             accelerator, job.model, outcome, loaders.validation, loaders.test, t.progress, problem
         )
-    accelerator.unwrap_model(job.model).config.update(tuned)  # saved with the model
+    problem.bake_into(accelerator.unwrap_model(job.model), tuned)  # saved with the model
     split = "test" if job.loaders.test is not None else "validation"
     result = {
         **problem.final_report(final, validation, labels, split, tuned),

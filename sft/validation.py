@@ -198,6 +198,11 @@ def _check_problem_keys(cfg: Config, check) -> None:
         ),
         (data.label_separator != "", "data.label_separator", "give a character, e.g. ','"),
         (
+            data.standardize_targets or problem == "regression",
+            "data.standardize_targets",
+            "it applies to problem=regression",
+        ),
+        (
             not cfg.push_to_hub or single,
             "push_to_hub",
             "model cards handle problem=single_label runs so far; push without it",

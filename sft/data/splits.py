@@ -14,7 +14,7 @@ import datasets
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from sft.data.columns import column_values
+from sft.data.columns import column_values, require_columns
 from sft.data.targets import TargetSpec, arrow_column, read_targets
 from sft.errors import SftError
 
@@ -74,13 +74,7 @@ def build_splits(
         )
     for split, ds in raw.items():
         wanted = [(input_key, input_column)] + [(spec.key, c) for c in spec.sources]
-        missing = [(key, col) for key, col in wanted if col not in ds.column_names]
-        if missing:
-            key, col = missing[0]
-            raise SftError(
-                f"column '{col}' not found in the {split} split of {source}; columns found: "
-                f"{ds.column_names}; set {key}=<one of them>"
-            )
+        require_columns(ds, wanted, f"the {split} split of {source}")
         if len(ds) == 0:
             raise SftError(f"the {split} split of {source} is empty; it needs at least one row")
 

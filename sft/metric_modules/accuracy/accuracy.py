@@ -1,15 +1,9 @@
 """Accuracy: the share of predictions equal to their reference (an `evaluate` metric)."""
 
-import datasets
 import evaluate
 from sklearn.metrics import accuracy_score
 
-
-def _features(config_name: str) -> datasets.Features:
-    value = datasets.Value("int64")
-    if config_name == "multilabel":
-        value = datasets.Sequence(value)
-    return datasets.Features({"predictions": value, "references": value})
+import sft.metric_modules._classification as base
 
 
 class Accuracy(evaluate.Metric):
@@ -20,7 +14,7 @@ class Accuracy(evaluate.Metric):
             inputs_description="predictions and references: lists of integer class ids, or in "
             "the 'multilabel' configuration lists of 0/1 vectors (then the share of examples "
             "with every label right: subset accuracy)",
-            features=_features(self.config_name),
+            features=base.features(self.config_name),
         )
 
     def _compute(self, predictions, references, normalize=True, sample_weight=None):

@@ -1,15 +1,9 @@
 """F1 score, macro-averaged by default (an `evaluate` metric)."""
 
-import datasets
 import evaluate
 from sklearn.metrics import f1_score
 
-
-def _features(config_name: str) -> datasets.Features:
-    value = datasets.Value("int64")
-    if config_name == "multilabel":
-        value = datasets.Sequence(value)
-    return datasets.Features({"predictions": value, "references": value})
+import sft.metric_modules._classification as base
 
 
 class F1(evaluate.Metric):
@@ -20,7 +14,7 @@ class F1(evaluate.Metric):
             inputs_description="predictions and references: lists of integer class ids, or in "
             "the 'multilabel' configuration lists of 0/1 vectors; average: macro (default), "
             "micro, weighted, samples (multilabel), or None for one score per class",
-            features=_features(self.config_name),
+            features=base.features(self.config_name),
         )
 
     def _compute(self, predictions, references, labels=None, average="macro", sample_weight=None):
