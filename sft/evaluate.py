@@ -76,9 +76,7 @@ def evaluate_model(
     name = Path(cfg.data.path).name or "data"
     parent = found.run.evaluations if found.run is not None else Path("evaluations")
     out = output_dir or parent / f"{name}-{split}"
-    if "confusion_matrix" in report:
-        matrix, title = report["confusion_matrix"], f"{name} {split}"
-        plots.plot_confusion(matrix, labels, title, out / "confusion_matrix.png")
+    plots.plot_outcome(report, result.predictions, result.references, f"{name} {split}", out)
     write_json(out / "metrics.json", report)
     scores = ", ".join(f"{k} {report[k]:.4f}" for k in problem.metrics)
     log.info("%s %s: %s on %d examples -> %s", name, split, scores, report["num_examples"], out)

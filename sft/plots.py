@@ -1,4 +1,5 @@
-"""PNG plots of a run: loss and accuracy curves from the history, and a confusion matrix."""
+"""PNG plots of a run: loss and score curves from the history, and the final evaluation as
+suits its problem: a confusion matrix, scores per label, or predicted against true values."""
 
 from __future__ import annotations
 
@@ -39,6 +40,47 @@ def plot_curves(history: list[dict], out_dir: Path) -> list[Path]:
 # The scores drawn by step (all on a 0..1 scale, or -1..1): MSE and MAE have their own units.
 SCORES = {"accuracy": "accuracy", "f1": "macro-F1", "f1_micro": "micro-F1", "r2": "R²",
           "pearson": "Pearson", "spearman": "Spearman"}  # fmt: skip
+
+
+def plot_outcome(
+    report: dict, predictions: np.ndarray, references: np.ndarray, title: str, out_dir: Path
+) -> Path:
+    """The plot of one evaluation (`report`: its metrics.json) that suits its problem:
+    confusion_matrix.png (single-label), per_label.png (multi-label) or predicted.png
+    (regression: predicted against true values)."""
+    problem, labels = report.get("problem", "single_label"), report["labels"]
+    if problem == "multi_label":
+        return plot_per_label(report["per_class"], f"{title} scores per label",
+                              out_dir / "per_label.png")  # fmt: skip
+    if problem == "regression":
+        return plot_predicted(predictions, references, labels, title, out_dir / "predicted.png")
+    return plot_confusion(report["confusion_matrix"], labels, f"{title} confusion matrix",
+                          out_dir / "confusion_matrix.png")  # fmt: skip
+
+
+def plot_predicted(
+    predictions: np.ndarray, references: np.ndarray, targets: list[str], title: str, path: Path
+) -> Path:
+    """Predicted against true value, one panel per target, with the diagonal where a perfect
+    model's points would lie (at most 5,000 points a panel, evenly picked)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    predictions = np.asarray(predictions).reshape(len(predictions), -1)
+    references = np.asarray(references).reshape(len(references), -1)
+    keep = np.linspace(0, len(predictions) - 1, min(len(predictions), 5000)).astype(int)
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 4.2), squeeze=False)
+    for j, (ax, name) in enumerate(zip(axes[0], targets, strict=True)):
+        true, predicted = references[keep, j], predictions[keep, j]
+        ax.scatter(true, predicted, s=6, alpha=0.4)
+        low, high = min(true.min(), predicted.min()), max(true.max(), predicted.max())
+        ax.plot([low, high], [low, high], color="grey", linewidth=1, label="predicted = true")
+        ax.set_xlabel(f"true {name}")
+        ax.set_ylabel(f"predicted {name}")
+        ax.set_title(f"{title}: {name}")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def plot_confusion(matrix: list[list[int]], labels: list[str], title: str, path: Path) -> Path:

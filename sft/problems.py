@@ -51,9 +51,10 @@ class Problem:
         """The tuned rule a saved model's config carries (what `tune` returned)."""
         return {}
 
-    def fitted(self, train_targets: np.ndarray, standardize: bool) -> Problem:
-        """This problem for a run on `train_targets` (regression: their scale, when
-        `data.standardize_targets`)."""
+    def fitted(self, train_targets: np.ndarray, model: torch.nn.Module, standardize: bool):
+        """This problem for a run of `model` on `train_targets` (regression: their scale, when
+        `data.standardize_targets`; refused now, before training, if `bake_into` could not
+        fold it into the model)."""
         return self
 
     def bake_into(self, model: torch.nn.Module, tuned: dict[str, float]) -> None:
@@ -189,9 +190,12 @@ class Regression(Problem):
     def __init__(self, mean: np.ndarray | None = None, std: np.ndarray | None = None):
         self.mean, self.std = mean, std
 
-    def fitted(self, train_targets: np.ndarray, standardize: bool) -> Problem:
+    def fitted(self, train_targets, model, standardize):
         if not standardize:
             return self
+        from sft.model import output_layer
+
+        output_layer(model, train_targets.shape[1], "data.standardize_targets=false")
         targets = np.asarray(train_targets, dtype=np.float64)
         std = targets.std(0)
         std[std == 0] = 1.0  # a constant target: nothing to scale

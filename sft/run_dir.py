@@ -119,8 +119,11 @@ class RunDir:
     def write_param_groups(self, summary: dict) -> None:
         write_json(self.param_groups, summary)
 
-    def write_results(self, save_model: Callable[[Path], None], result: dict[str, Any]) -> None:
-        """model/ (`save_model(directory)` writes it), plots/ and metrics.json, each written
+    def write_results(
+        self, save_model: Callable[[Path], None], result: dict[str, Any], final: tuple
+    ) -> None:
+        """model/ (`save_model(directory)` writes it), plots/ (`final`: the predictions and
+        references `result` scores) and metrics.json, each written
         under a staging name first: model/ and then metrics.json (whose presence says the run
         completed) appear only once everything is on disk, so a full disk leaves neither."""
         from sft import plots
@@ -131,16 +134,7 @@ class RunDir:
             shutil.rmtree(model, ignore_errors=True)
             save_model(model)
             plots.plot_curves(self.read_history(), self.plots)
-            if result.get("problem") == "multi_label":
-                title = f"{result['split']} scores per label"
-                plots.plot_per_label(result["per_class"], title, self.plots / "per_label.png")
-            if "confusion_matrix" in result:  # single-label runs
-                plots.plot_confusion(
-                    result["confusion_matrix"],
-                    result["labels"],
-                    f"{result['split']} confusion matrix",
-                    self.plots / "confusion_matrix.png",
-                )
+            plots.plot_outcome(result, *final, result["split"], self.plots)
             write_json(metrics, result)
             shutil.rmtree(self.model, ignore_errors=True)
             model.rename(self.model)

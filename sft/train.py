@@ -82,11 +82,11 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         accelerator.end_training()
         return job.param_groups
     trackers.start(accelerator, cfg.logger.name, cfg)
-    result = fit(cfg, accelerator, job, out, checkpoints, resume_from)
+    result, final = fit(cfg, accelerator, job, out, checkpoints, resume_from)
     weights = accelerator.get_state_dict(job.model)  # the best, whole; every process calls it
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(job.model)
-        finish(cfg, out, model, weights, job.inputs.processor, result)
+        finish(cfg, out, model, weights, job.inputs.processor, result, final)
     accelerator.wait_for_everyone()
     checkpoints.remove_all()  # the run is complete: model/ and metrics.json replace them
     accelerator.end_training()
@@ -147,8 +147,8 @@ def build(cfg: schema.Config, accelerator) -> Job:
 
 def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, resume_from):
     """Train (from a checkpoint when there is one), then evaluate the best weights on validation
-    and test; returns the metrics. SIGTERM or Ctrl-C ends it with `Preempted` after a
-    checkpoint."""
+    and test; returns the metrics and the final (predictions, references). SIGTERM or Ctrl-C
+    ends it with `Preempted` after a checkpoint."""
     from sft import loop, optim, problems, trackers
     from sft.checkpoint import Preemption
 
@@ -186,7 +186,7 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
 
     keep = t.keep_checkpoints > 0
     labels, targets = job.splits.labels, job.splits.train_targets()
-    problem = problems.get(cfg.problem).fitted(targets, cfg.data.standardize_targets)
+    problem = problems.get(cfg.problem).fitted(targets, job.model, cfg.data.standardize_targets)
     loss = problem.loss(cfg.loss, targets, len(labels))
     # Validation batches carry cache keys: evaluate them within `serving` too.
     with (
@@ -227,13 +227,14 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
     }
     if job.cache is not None and job.cache.features:
         result["feature_cache_seconds"] = round(job.cache.seconds, 1)  # spent before training
-    return result
+    return result, (final.predictions, final.references)
 
 
 def finish(
-    cfg: schema.Config, out: RunDir, model, weights: dict, processor, result: dict[str, Any]
+    cfg: schema.Config, out: RunDir, model, weights: dict, processor, result: dict, final: tuple
 ) -> None:
-    """Rank 0: the model (`weights`, gathered by Accelerate), plots and metrics; the push."""
+    """Rank 0: the model (`weights`, gathered by Accelerate), plots (`final`: the predictions
+    and references `result` scores) and metrics; the push."""
     from sft import problems
     from sft.finetune import save_model
 
@@ -241,7 +242,7 @@ def finish(
         save_model(model, weights, cfg.finetune, directory)
         processor.save_pretrained(directory)
 
-    out.write_results(save, result)
+    out.write_results(save, result, final)
     log.info(problems.summary(result))
     log.info("run directory: %s", out.root)
     if cfg.push_to_hub:

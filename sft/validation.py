@@ -203,11 +203,6 @@ def _check_problem_keys(cfg: Config, check) -> None:
             "it applies to problem=regression",
         ),
         (
-            not cfg.push_to_hub or single,
-            "push_to_hub",
-            "model cards handle problem=single_label runs so far; push without it",
-        ),
-        (
             columns is None or not single,
             "data.label_columns",
             "it applies to multi_label and regression (single_label reads data.label_column)",

@@ -8,6 +8,8 @@ from __future__ import annotations
 import functools
 import json
 import re
+import subprocess
+import sys
 
 import datasets
 import numpy as np
@@ -188,17 +190,18 @@ def test_standardised_regression_trains_on_scaled_targets_and_saves_the_values(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     targets = np.array([[2010.0, 5.0], [2014.0, 5.0], [2018.0, 5.0]], dtype=np.float32)
-    problem = PROBLEMS["regression"].fitted(targets, standardize=True)
-    assert PROBLEMS["regression"].fitted(targets, standardize=False) is PROBLEMS["regression"]
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_checkpoint, num_labels=2, problem_type="regression"
+    ).eval()
+    problem = PROBLEMS["regression"].fitted(targets, model, standardize=True)
+    plain = PROBLEMS["regression"].fitted(targets, model, standardize=False)
+    assert plain is PROBLEMS["regression"]
     # The loss is zero where the outputs are the standardised targets (a constant target: 0).
     scaled = torch.tensor([[-1.2247, 0.0], [0.0, 0.0], [1.2247, 0.0]])
     loss = problem.loss(LossConfig(), targets, 2)
     assert loss(scaled, torch.tensor(targets)).item() == pytest.approx(0, abs=1e-8)
     np.testing.assert_allclose(problem.predict(scaled), targets, rtol=1e-5)
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        tiny_checkpoint, num_labels=2, problem_type="regression"
-    ).eval()
     inputs = AutoTokenizer.from_pretrained(tiny_checkpoint)(["goal chip", "vote"], padding=True,
                                                             return_tensors="pt")  # fmt: skip
     predicted = problem.predict(model(**inputs).logits.detach())
@@ -211,11 +214,10 @@ def test_standardised_regression_trains_on_scaled_targets_and_saves_the_values(
 
 
 def test_a_head_without_a_bias_is_refused_with_the_key_that_avoids_it():
-    problem = PROBLEMS["regression"].fitted(np.array([[1.0], [3.0]], dtype=np.float32), True)
     model = torch.nn.Sequential(torch.nn.Linear(4, 1, bias=False))
-    model.config = None
+    targets = np.array([[1.0], [3.0]], dtype=np.float32)
     with pytest.raises(SftError, match=r"set data\.standardize_targets=false"):
-        problem.bake_into(model, {})
+        PROBLEMS["regression"].fitted(targets, model, standardize=True)  # before training
 
 
 def test_the_threshold_is_tuned_on_validation_and_rescores_the_evaluation():
@@ -323,6 +325,8 @@ def test_train_saves_a_model_of_the_problem_and_its_scores(
         assert metrics["standardized_targets"]["std"][0] > 0.5  # the scores vary (1.7 to 3.9)
         assert np.isfinite(metrics["pearson"])  # predictions vary with the text
         assert (run_dir / "plots" / "scores.png").exists()
+        assert (run_dir / "plots" / "predicted.png").exists()
+        assert not (run_dir / "plots" / "confusion_matrix.png").exists()
     from transformers import AutoModelForSequenceClassification, pipeline
 
     model_dir = str(run_dir / "model")
@@ -351,12 +355,63 @@ def test_train_saves_a_model_of_the_problem_and_its_scores(
                      str(tmp_path / "judged"), cwd=tmp_path, module="sft.evaluate")  # fmt: skip
     assert judged.returncode == 0, judged.stderr[-3000:]
     again = json.loads((tmp_path / "judged" / "metrics.json").read_text())
+    plot = "per_label.png" if problem == "multi_label" else "predicted.png"
+    assert (tmp_path / "judged" / plot).exists()
+    check_card_and_push(tmp_path, run_dir, problem, metrics, text)
+
+    exported = run_cli(str(run_dir), "--onnx", cwd=tmp_path, module="sft.export")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    report = json.loads((run_dir / "onnx" / "export.json").read_text())
+    assert report["max_abs_difference"] <= report["tolerance"] <= 1e-3
+    onnx_config = json.loads((run_dir / "onnx" / "config.json").read_text())
+    assert onnx_config["problem_type"] == PROBLEMS[problem].problem_type
     assert again["problem"] == problem and again["num_examples"] == metrics["num_examples"]
     for key in PROBLEMS[problem].metrics:
         # The tiny model's predictions barely vary, so float32 rounding of the target scale
         # folded into the saved head moves their correlations in the third decimal.
         loose = {"abs": 0.02} if key in ("pearson", "spearman") else {"rel": 1e-4, "abs": 1e-6}
         assert again[key] == pytest.approx(metrics[key], **loose), key
+
+
+def check_card_and_push(tmp_path, run_dir, problem: str, metrics: dict, text: str) -> None:
+    """The model card reports the problem's own scores; the pushed model, loaded back from a
+    real HTTP hub by repo id, scores as the local one."""
+    import yaml
+
+    from tests.hub_server import HubServer
+    from tests.test_push import TOKEN, hub_env, push
+
+    with HubServer(TOKEN) as hub:
+        env = hub_env(hub, tmp_path, HF_TOKEN=TOKEN)
+        pushed = push(run_dir, "--repo-id", f"me/{problem}", env=env, cwd=tmp_path)
+        assert pushed.returncode == 0, pushed.stderr[-3000:]
+        repo = hub.repos[f"me/{problem}"]
+        card = repo.files["README.md"].decode()
+        meta = yaml.safe_load(card.split("---\n")[1])
+        reported = meta["model-index"][0]["results"][0]["metrics"]
+        expected = {key for key in PROBLEMS[problem].metrics if metrics[key] == metrics[key]}
+        assert len(reported) == len(expected) and problem.replace("_", "-") in meta["tags"]
+        plot = "per_label.png" if problem == "multi_label" else "predicted.png"
+        assert f"(plots/{plot})" in card and f"plots/{plot}" in repo.files
+        if problem == "multi_label":
+            assert f"above {metrics['multi_label_threshold']:g}" in card
+            assert "| sport |" in card  # the per-label report
+        loaded = subprocess.run(
+            [sys.executable, "-c", LOAD_BOTH, f"me/{problem}", str(run_dir / "model"), text],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    from_hub, local = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert [label for label, _ in from_hub] == [label for label, _ in local]
+    assert [v for _, v in from_hub] == pytest.approx([v for _, v in local], rel=1e-5)
+
+
+LOAD_BOTH = """
+import json, sys
+from transformers import pipeline
+scores = [pipeline("text-classification", model=m)(sys.argv[3], top_k=None) for m in sys.argv[1:3]]
+print(json.dumps([sorted((s["label"], s["score"]) for s in each) for each in scores]))
+"""
 
 
 def pipeline_inputs(model_dir: str, text: str) -> dict:
@@ -374,6 +429,7 @@ def pipeline_inputs(model_dir: str, text: str) -> dict:
         ({"problem": "single_label", "data.label_separator": ","}, "applies to problem=multi"),
         ({"problem": "single_label", "data.label_columns": ["a"]}, "data.label_columns=['a']"),
         ({"problem": "multi_label", "loss.pos_weight": "yes"}, "use none or auto"),
+        ({"problem": "multi_label", "data.standardize_targets": False}, "problem=regression"),
         ({"problem": "ranking"}, "problem=ranking is not allowed"),
     ],
 )

@@ -1,0 +1,159 @@
+"""Multi-label and regression on images and speech, through the same loop and commands as text:
+synthesised pictures holding one or two colours (tags: the colours; score: the brightness) and
+clips holding one or two tones (tags: the tones; score: the loudness), on tiny ViT and wav2vec2
+models; one run caches frozen features (finetune=head_only). Each run's saved model answers
+`pipeline()` with its own sigmoid scores or values, and `sft.predict` agrees."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from PIL import Image
+
+from sft.problems import PROBLEMS
+from tests.conftest import run_cli
+from tests.test_audio import tiny_wav2vec2  # noqa: F401 (fixture)
+from tests.test_image import tiny_vit  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.slow
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+TONES = {"low": 220.0, "high": 1760.0}
+
+
+def tag_sets(names: list[str], n: int, seed: int) -> list[list[str]]:
+    """n label sets of one or two of `names`, every one of them present in some."""
+    rng = np.random.default_rng(seed)
+    return [sorted(set(rng.choice(names, size=1 + i % 2).tolist())) for i in range(n)]
+
+
+@pytest.fixture
+def tagged_pictures(tmp_path):
+    """train/test .jsonl manifests of PNGs: the left and right halves take the colours of the
+    row's tags; score: the mean brightness (0..1)."""
+    root = tmp_path / "pictures"
+    (root / "img").mkdir(parents=True)
+    for split, (n, seed) in {"train": (30, 0), "test": (9, 1)}.items():
+        rows = []
+        for i, tags in enumerate(tag_sets(list(COLOURS), n, seed)):
+            rng = np.random.default_rng(seed * 1000 + i)
+            light = rng.uniform(0.3, 1.0)
+            left, right = COLOURS[tags[0]], COLOURS[tags[-1]]
+            pixels = np.zeros((24, 24, 3))
+            pixels[:, :12], pixels[:, 12:] = left, right
+            pixels = np.clip(pixels * light + rng.integers(-10, 10, pixels.shape), 0, 255)
+            name = f"img/{split}{i}.png"
+            Image.fromarray(pixels.astype("uint8"), "RGB").save(root / name)
+            rows.append({"image": name, "tags": tags, "score": float(pixels.mean() / 255)})
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+@pytest.fixture
+def tagged_clips(tmp_path):
+    """train/test .jsonl manifests of WAVs: the sum of the row's tones; score: the amplitude."""
+    root = tmp_path / "clips"
+    (root / "wav").mkdir(parents=True)
+    rate = 16000
+    t = np.arange(int(0.4 * rate)) / rate
+    for split, (n, seed) in {"train": (24, 0), "test": (8, 1)}.items():
+        rows = []
+        for i, tags in enumerate(tag_sets(list(TONES), n, seed)):
+            rng = np.random.default_rng(seed * 1000 + i)
+            amplitude = rng.uniform(0.1, 0.5)
+            wave = sum(np.sin(2 * np.pi * TONES[tag] * t) for tag in tags) / len(tags)
+            wave = amplitude * wave + 0.01 * rng.standard_normal(len(t))
+            name = f"wav/{split}{i}.wav"
+            soundfile.write(root / name, wave.astype(np.float32), rate)
+            rows.append({"audio": name, "tags": tags, "score": float(amplitude)})
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+RUNS = {  # recipe, model and data fixtures, the input column, the pipeline's task
+    "image": ("vit_fashion_mnist", "tiny_vit", "tagged_pictures", "image", "image-classification"),
+    "speech": ("wav2vec2_digits", "tiny_wav2vec2", "tagged_clips", "audio", "audio-classification"),
+}
+
+
+@pytest.mark.parametrize(
+    "modality, problem, finetune",
+    [
+        ("image", "multi_label", "full"),
+        ("image", "regression", "head_only"),  # frozen features cached, the head trained
+        ("speech", "multi_label", "full"),
+        ("speech", "regression", "full"),
+    ],
+)
+def test_images_and_speech_train_as_text_does(request, tmp_path, modality, problem, finetune):
+    from transformers import AutoModelForAudioClassification, AutoModelForImageClassification
+
+    recipe, checkpoint, data, input_column, task = RUNS[modality]
+    checkpoint, data = request.getfixturevalue(checkpoint), request.getfixturevalue(data)
+    run_dir = tmp_path / "run"
+    column = "data.label_column=" + ("tags" if problem == "multi_label" else "score")
+    result = run_cli(
+        f"recipe={recipe}",
+        f"model.checkpoint={checkpoint}",
+        f"data.path={data}",
+        f"problem={problem}",
+        column,
+        f"finetune={finetune}",
+        "augment=none",  # (features are cached only where no augmentation changes them)
+        "trainer.epochs=3",
+        "trainer.batch_size=8",
+        "optimizer.lr=3e-3",
+        "trainer.progress=false",
+        f"output_dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["problem"] == problem and metrics["split"] == "test"
+    assert all(key in metrics for key in PROBLEMS[problem].metrics)
+    if finetune == "head_only":
+        assert metrics["feature_cache_seconds"] >= 0  # the frozen body ran once per example
+    plot = "per_label.png" if problem == "multi_label" else "predicted.png"
+    assert (run_dir / "plots" / plot).exists()
+
+    # The saved model in pipeline(): sigmoid scores (multi-label) or the values (regression).
+    from transformers import AutoFeatureExtractor, AutoImageProcessor, pipeline
+
+    model_dir = str(run_dir / "model")
+    rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
+    file = str(data / rows[0][input_column])
+    image = modality == "image"
+    auto = AutoModelForImageClassification if image else AutoModelForAudioClassification
+    model = auto.from_pretrained(model_dir).eval()
+    assert model.config.problem_type == PROBLEMS[problem].problem_type
+    if image:
+        processor = AutoImageProcessor.from_pretrained(model_dir)
+        inputs = processor(Image.open(file).convert("RGB"), return_tensors="pt")
+        given = file
+    else:
+        wave, rate = soundfile.read(file, dtype="float32")
+        processor = AutoFeatureExtractor.from_pretrained(model_dir)
+        inputs = processor(wave, sampling_rate=rate, return_tensors="pt")
+        given = {"raw": wave, "sampling_rate": rate}  # (a file name needs ffmpeg)
+    with torch.no_grad():
+        logits = model(**inputs).logits[0]
+    expected = logits.sigmoid() if problem == "multi_label" else logits
+    scores = pipeline(task, model=model_dir, device="cpu")(given, top_k=None)
+    by_label = {s["label"]: s["score"] for s in scores}
+    for i, label in model.config.id2label.items():
+        assert by_label[label] == pytest.approx(expected[i].item(), rel=1e-4, abs=1e-6)
+
+    out = tmp_path / "predictions.json"
+    predicted = run_cli(str(run_dir), file, "--output", str(out), cwd=tmp_path,
+                        module="sft.predict")  # fmt: skip
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    [row] = json.loads(out.read_text())
+    if problem == "multi_label":
+        threshold = metrics["multi_label_threshold"]
+        assert sorted(row["labels"]) == sorted(k for k, s in by_label.items() if s > threshold)
+    else:
+        assert row["score"] == pytest.approx(by_label["score"], rel=1e-4)
