@@ -43,15 +43,19 @@ class Leaderboard(Callback):
 
         problem = problems.get(OmegaConf.select(config, "problem", default="single_label"))
         metric = problem.metric(OmegaConf.select(config, "trainer.metric", default="auto"))
-        path = write_leaderboard(Path(config.hydra.sweep.dir), metric)
+        path = write_leaderboard(Path(config.hydra.sweep.dir), metric, problem.metrics)
         log.info("sweep leaderboard: %s", path)
 
 
-def write_leaderboard(sweep_dir: Path, metric: str) -> Path:
-    """<sweep_dir>/sweep_summary.csv (best first) and .png from every job's run directory."""
+def write_leaderboard(
+    sweep_dir: Path, metric: str, scores: tuple[str, ...] = ("accuracy", "f1")
+) -> Path:
+    """<sweep_dir>/sweep_summary.csv (best first) and .png from every job's run directory;
+    `scores`: the test scores shown beside the validation `metric` (the problem's metrics)."""
     from sft import problems
 
-    rows = [_job_row(job, metric) for job in _jobs(sweep_dir)]
+    tested = [*scores, "loss"]
+    rows = [_job_row(job, metric, tested) for job in _jobs(sweep_dir)]
     varying = _varying_keys(rows)
     finished = sorted(
         (r for r in rows if r["status"] == "finished"),
@@ -64,9 +68,7 @@ def write_leaderboard(sweep_dir: Path, metric: str) -> Path:
         "job",
         *varying,
         f"validation_{metric}",
-        "test_accuracy",
-        "test_f1",
-        "test_loss",
+        *(f"test_{k}" for k in tested),
         "train_seconds",
         "status",
         "run_dir",
@@ -86,7 +88,7 @@ def _jobs(sweep_dir: Path) -> list[Path]:
     return sorted(jobs, key=lambda d: (len(d.name), d.name))  # 2 before 10
 
 
-def _job_row(job: Path, metric: str) -> dict[str, Any]:
+def _job_row(job: Path, metric: str, tested: list[str]) -> dict[str, Any]:
     overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml")
     row: dict[str, Any] = {"job": job.name, "run_dir": str(job), "overrides": {}}
     for override in overrides:
@@ -106,7 +108,7 @@ def _job_row(job: Path, metric: str) -> dict[str, Any]:
         "train_seconds": metrics.get("train_seconds"),
     }
     if split == "test":
-        row |= {f"test_{k}": metrics.get(k) for k in ("accuracy", "f1", "loss")}
+        row |= {f"test_{k}": metrics.get(k) for k in tested}
     return row
 
 

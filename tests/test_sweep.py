@@ -93,6 +93,28 @@ def test_leaderboard_lists_unfinished_jobs_last_without_rank(tmp_path, sweep_arg
     assert float(rows[0]["optimizer.lr"]) == 5e-3
 
 
+def test_a_regression_leaderboard_ranks_by_lower_mse_and_shows_its_test_scores(tmp_path):
+    from sft.problems import PROBLEMS
+    from sft.sweep import write_leaderboard
+
+    sweep = tmp_path / "multirun"
+    for job, (lr, mse) in enumerate([("1e-3", 0.9), ("1e-4", 0.2), ("1e-5", float("nan"))]):
+        (sweep / str(job) / ".hydra").mkdir(parents=True)
+        (sweep / str(job) / ".hydra" / "overrides.yaml").write_text(f"- optimizer.lr={lr}\n")
+        metrics = {"problem": "regression", "split": "test", "validation": {"mse": mse},
+                   "mse": mse + 0.1, "r2": 0.5, "loss": 1.0, "train_seconds": 3}  # fmt: skip
+        (sweep / str(job) / "metrics.json").write_text(json.dumps(metrics))
+    write_leaderboard(sweep, "mse", PROBLEMS["regression"].metrics)
+    rows = read_summary(sweep)
+    assert [(r["rank"], r["optimizer.lr"]) for r in rows] == [
+        ("1", "1e-4"),  # the smallest MSE first; an undefined one last
+        ("2", "1e-3"),
+        ("3", "1e-5"),
+    ]
+    assert float(rows[0]["test_mse"]) == pytest.approx(0.3) and rows[0]["test_r2"] == "0.5"
+    assert "test_accuracy" not in rows[0] and (sweep / "sweep_summary.png").exists()
+
+
 def test_optuna_search_config_runs_trials_and_ranks_them(tmp_path, sweep_args):
     base = [a for a in sweep_args if not a.startswith(("optimizer.lr=", "finetune="))]
     result = run_cli(*base, "+sweep=optuna", "hydra.sweeper.n_trials=2", cwd=tmp_path)
