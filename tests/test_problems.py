@@ -213,6 +213,28 @@ def test_standardised_regression_trains_on_scaled_targets_and_saves_the_values(
     }
 
 
+def test_the_target_scale_folds_into_a_lora_models_trained_head(tiny_checkpoint):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from sft.finetune import apply_lora
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_checkpoint, num_labels=1, problem_type="regression"
+    )
+    model = apply_lora(model, r=4).eval()
+    targets = np.array([[3.0], [7.0], [20.0]], dtype=np.float32)
+    problem = PROBLEMS["regression"].fitted(targets, model, standardize=True)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    inputs = tokenizer(["goal chip", "vote law"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        predicted = problem.predict(model(**inputs).logits)
+    problem.bake_into(model, {})  # into the head copy that trains, which merging keeps
+    with torch.no_grad():
+        merged = model.merge_and_unload()(**inputs).logits.numpy()
+    np.testing.assert_allclose(merged, predicted, rtol=1e-5)
+
+
 def test_a_head_without_a_bias_is_refused_with_the_key_that_avoids_it():
     model = torch.nn.Sequential(torch.nn.Linear(4, 1, bias=False))
     targets = np.array([[1.0], [3.0]], dtype=np.float32)
