@@ -13,6 +13,7 @@ import sys
 
 import datasets
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.stats import pearsonr, spearmanr
@@ -506,17 +507,24 @@ def test_a_preempted_run_resumes_to_the_uninterrupted_result(
 
 
 @pytest.mark.slow
-def test_two_processes_score_each_multi_label_example_once(
-    tmp_path, tiny_checkpoint, tagged_corpus
-):
+@pytest.mark.parametrize("problem", ["multi_label", "regression"])
+def test_two_processes_score_each_example_once(tmp_path, tiny_checkpoint, tagged_corpus, problem):
     from tests.helpers.distributed import launch
 
     run_dir = tmp_path / "run"
-    args = problem_run(tagged_corpus, tiny_checkpoint, "multi_label")
+    args = problem_run(tagged_corpus, tiny_checkpoint, problem)
     launch("-m", "sft.train", *args, "trainer.eval_batch_size=4", f"output_dir={run_dir}",
            cwd=tmp_path)  # fmt: skip
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["num_examples"] == 18  # test rows, none duplicated by the sampler
-    assert sum(m["support"] for m in metrics["per_class"].values()) == sum(
-        len(r["tags"]) for r in tagged_rows(6, seed=2)
-    )
+    if problem == "multi_label":
+        assert sum(m["support"] for m in metrics["per_class"].values()) == sum(
+            len(r["tags"]) for r in tagged_rows(6, seed=2)
+        )
+    else:  # both processes standardise by the whole train split, as one process does
+        rows = pd.read_json(tagged_corpus / "train.jsonl", lines=True).to_dict("records")
+        train = splits_of(rows, label_column="score", problem="regression").train_targets()
+        scale = metrics["standardized_targets"]
+        assert scale["mean"] == pytest.approx(train.mean(0)) and scale["std"] == pytest.approx(
+            train.std(0), rel=1e-5
+        )
