@@ -179,10 +179,10 @@ class MultiLabel(Problem):
 
 
 class Regression(Problem):
-    """One or more numbers per example, predicted as they are (no squashing). `fitted` with
-    standardisation, the model learns each target as (value - mean) / std of the train split;
-    predictions are scaled back, and `bake_into` folds the scale into the saved output layer, so
-    the saved model predicts the values themselves."""
+    """One or more numbers per example, predicted as they are (no squashing). Once `fitted`
+    with standardisation, the model learns each target as (value - mean) / std of the train
+    split; predictions are scaled back, and `bake_into` folds the scale into the saved output
+    layer, so the saved model predicts the values themselves."""
 
     name, problem_type = "regression", "regression"
     metrics = ("mse", "mae", "r2", "pearson", "spearman")
