@@ -23,15 +23,15 @@ def _load(name: str, config_name: str | None = None):
     return evaluate.load(str(MODULES / name), config_name)
 
 
+# Regression scores: metrics.json key -> the metric module computing it (and its result key).
+REGRESSION = {"mse": "mse", "mae": "mae", "r2": "r_squared", "pearson": "pearsonr",
+              "spearman": "spearmanr"}  # fmt: skip
+
 # The (module, configuration) pairs each problem's scores use.
 MODULES_OF = {
     "single_label": [("accuracy", None), ("f1", None)],
     "multi_label": [("accuracy", "multilabel"), ("f1", "multilabel")],
-    "regression": [
-        (m, config)
-        for m in ("mse", "mae", "r_squared", "pearsonr", "spearmanr")
-        for config in (None, "multilist")
-    ],
+    "regression": [(m, config) for m in REGRESSION.values() for config in (None, "multilist")],
 }
 
 
@@ -107,9 +107,7 @@ def regression_scores(predictions: np.ndarray, references: np.ndarray) -> dict[s
         predictions, references = predictions.reshape(-1), references.reshape(-1)
     config = "multilist" if several else None
     args = {"predictions": predictions.tolist(), "references": references.tolist()}
-    names = {"mse": "mse", "mae": "mae", "r2": "r_squared", "pearson": "pearsonr",
-             "spearman": "spearmanr"}  # fmt: skip
-    return {key: float(_load(m, config).compute(**args)[m]) for key, m in names.items()}
+    return {key: float(_load(m, config).compute(**args)[m]) for key, m in REGRESSION.items()}
 
 
 def regression_report(
