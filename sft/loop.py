@@ -148,12 +148,17 @@ class _Run:
         result = evaluate(
             self.accelerator, self.model, self.eval_loader, self.settings.progress, self.problem
         )
+        # Scored under the rule the saved model would get (multi-label: the threshold tuned on
+        # this evaluation), so the best checkpoint is the one whose final scores are best: at
+        # 0.5 a young multi-label model predicts no label at all and every checkpoint ties at 0.
+        tuned = self.problem.tune(result, p.best.metric)
+        result = self.problem.apply(result, tuned)
         p.eval_seconds += time.perf_counter() - eval_start
         # The best weights are whole ones, gathered by Accelerate on every process.
         weights = partial(self.accelerator.get_state_dict, self.model)
         improved = p.best.update(result, p.step, weights)
-        self.record(_eval_row(p.step, p.epoch, result, improved))
-        scores = ", ".join(f"{k} {v:.4f}" for k, v in result.scores.items())
+        self.record(_eval_row(p.step, p.epoch, result, improved, tuned))
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in {**result.scores, **tuned}.items())
         log.info("step %d: eval loss %.4f, %s%s", p.step, result.loss, scores, " (best)" * improved)
         patience = self.settings.early_stopping_patience
         if patience and p.best.evals_since >= patience:
@@ -273,12 +278,13 @@ def _train_row(accelerator, p: Progress, scheduler, examples_per_s) -> dict:
     }
 
 
-def _eval_row(step: int, epoch: int, result: Evaluation, improved: bool) -> dict:
+def _eval_row(step: int, epoch: int, result: Evaluation, improved: bool, tuned: dict) -> dict:
     return {
         "kind": "eval",
         "step": step,
         "epoch": epoch,
         "loss": result.loss,
         **result.scores,
+        **tuned,  # the rule those scores were computed under (multi-label: its threshold)
         "best": improved,
     }

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, PreTrainedModel
@@ -65,6 +66,7 @@ def load_classifier(
     freeze_feature_encoder: bool = False,
     pad_token_id: int | None = None,
     problem_type: str = "single_label_classification",
+    head_bias: np.ndarray | None = None,
 ) -> PreTrainedModel:
     """Load `checkpoint` with a classification head sized and named for `labels`.
 
@@ -73,10 +75,11 @@ def load_classifier(
     `freeze_feature_encoder` keeps a speech model's convolutional front end fixed;
     `pad_token_id` is the tokenizer's, for checkpoints whose config has none (GPT-style).
     `problem_type` (transformers' name, see sft/problems.py) is saved in the config: pipelines
-    score by it (softmax, sigmoid, or the raw value).
+    score by it (softmax, sigmoid, or the raw value). `head_bias`: where a new head's output
+    bias starts (`Problem.head_bias`); a head the checkpoint holds for these labels keeps its own.
     """
     auto_class = modalities.get(task).auto_class
-    model = from_checkpoint(
+    model, loading = from_checkpoint(
         lambda: auto_class.from_pretrained(
             checkpoint,
             revision=revision,
@@ -85,10 +88,13 @@ def load_classifier(
             label2id={name: i for i, name in enumerate(labels)},
             problem_type=problem_type,
             ignore_mismatched_sizes=True,
+            output_loading_info=True,
         ),
         f"model.checkpoint '{checkpoint}' could not be loaded",
         "use a hub id or a directory with config.json and model weights",
     )
+    if head_bias is not None:
+        _start_head_bias(model, loading, head_bias)
     if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad_token_id
     if freeze_feature_encoder:
@@ -99,6 +105,21 @@ def load_classifier(
             )
         model.freeze_feature_encoder()
     return model
+
+
+def _start_head_bias(model: PreTrainedModel, loading: dict, bias: np.ndarray) -> None:
+    """Start the output layer's bias at `bias` when the checkpoint did not hold that layer
+    (missing, or sized for other labels): a head it trained keeps what it learned."""
+    try:
+        layer = output_layer(model, len(bias), "")
+    except SftError:  # no single biased output layer: the model's own initialisation stands
+        log.info("no output layer of %d features with a bias; its bias starts as built", len(bias))
+        return
+    name = next(n for n, m in model.named_modules() if m is layer)
+    new = set(loading.get("missing_keys", ())) | {k[0] for k in loading.get("mismatched_keys", ())}
+    if f"{name}.bias" in new:
+        with torch.no_grad():
+            layer.bias.copy_(torch.as_tensor(bias, dtype=layer.bias.dtype))
 
 
 def enable_gradient_checkpointing(model: PreTrainedModel) -> None:

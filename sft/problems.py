@@ -62,6 +62,10 @@ class Problem:
         config (and, for standardised regression, the target scale in its output layer)."""
         model.config.update(tuned)
 
+    def head_bias(self, cfg: LossConfig, train_targets: np.ndarray) -> np.ndarray | None:
+        """Where a new head's output bias starts (None: where the model puts it)."""
+        return None
+
     def loss(self, cfg: LossConfig, train_targets: np.ndarray, num_labels: int) -> Loss:
         """The training loss, loss(logits, targets) -> scalar, for these train targets."""
         raise NotImplementedError
@@ -127,21 +131,35 @@ class SingleLabel(Problem):
 
 
 class MultiLabel(Problem):
-    """Independent yes/no per label: sigmoid scores, a label predicted above 0.5."""
+    """Independent yes/no per label: sigmoid scores, a label predicted above one threshold,
+    tuned on validation at every evaluation (`tune`; 0.5 before any)."""
 
     name, problem_type = "multi_label", "multi_label_classification"
     metrics = MULTI_LABEL_HEADLINE
     tunes = True
     GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)  # thresholds tried on validation
 
+    def head_bias(self, cfg: LossConfig, train_targets: np.ndarray) -> np.ndarray:
+        """Each label's log odds in train (times its pos_weight): the constant logit the loss
+        is lowest at. From 0 a new head's first steps go to pushing every score down toward
+        the labels' rarity (3% positives: -3.5), which at fine-tuning learning rates takes
+        thousands of steps and drags the body along."""
+        rate = np.clip(np.asarray(train_targets, dtype=np.float64).mean(0), 1e-4, 1 - 1e-4)
+        weight = self._pos_weight(cfg, train_targets)
+        odds = rate / (1 - rate) * (1.0 if weight is None else weight.numpy())
+        return np.log(odds).astype(np.float32)
+
     def loss(self, cfg: LossConfig, train_targets: np.ndarray, num_labels: int) -> Loss:
-        weight = None
-        if cfg.pos_weight == "auto":  # negatives per positive, label by label
-            positives = train_targets.sum(0)
-            if (positives == 0).any():
-                raise SftError("loss.pos_weight=auto: a label has no train examples to weigh by")
-            weight = torch.tensor((len(train_targets) - positives) / positives).float()
-        return partial(_binary_cross_entropy, pos_weight=weight)
+        return partial(_binary_cross_entropy, pos_weight=self._pos_weight(cfg, train_targets))
+
+    @staticmethod
+    def _pos_weight(cfg: LossConfig, train_targets: np.ndarray) -> torch.Tensor | None:
+        if cfg.pos_weight != "auto":
+            return None
+        positives = np.asarray(train_targets).sum(0)  # negatives per positive, label by label
+        if (positives == 0).any():
+            raise SftError("loss.pos_weight=auto: a label has no train examples to weigh by")
+        return torch.tensor((len(train_targets) - positives) / positives).float()
 
     def eval_loss(self, logits, targets) -> float:
         return F.binary_cross_entropy_with_logits(logits, targets.float()).item()

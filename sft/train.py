@@ -116,6 +116,7 @@ def build(cfg: schema.Config, accelerator) -> Job:
         freeze_feature_encoder=cfg.model.freeze_feature_encoder,
         pad_token_id=getattr(inputs.processor, "pad_token_id", None),
         problem_type=problems.get(cfg.problem).problem_type,
+        head_bias=problems.get(cfg.problem).head_bias(cfg.loss, splits.train_targets()),
     )
     if cfg.trainer.gradient_checkpointing:
         enable_gradient_checkpointing(model)

@@ -278,6 +278,40 @@ def test_an_undefined_score_never_counts_as_the_best():
     assert only_undefined.update(evaluation(0.5, float("nan")), 2, dict)
 
 
+def test_a_new_multi_label_head_starts_at_each_labels_log_odds(tiny_checkpoint, tmp_path):
+    from sft.model import load_classifier
+
+    targets = np.array([[1, 0], [1, 0], [1, 1], [0, 0]], dtype=np.float32)  # 3/4 and 1/4
+    plain = PROBLEMS["multi_label"].head_bias(LossConfig(), targets)
+    assert plain == pytest.approx(np.log([3.0, 1 / 3]), abs=1e-6)
+    # Weighted positives move the loss's constant optimum to even odds: logit 0.
+    weighted = PROBLEMS["multi_label"].head_bias(LossConfig(pos_weight="auto"), targets)
+    assert weighted == pytest.approx([0.0, 0.0], abs=1e-6)
+    # ...where BCE over these targets is lowest for a constant logit per label:
+    best = torch.zeros(2, requires_grad=True)
+    optimizer = torch.optim.LBFGS([best])
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            best.expand(4, 2), torch.tensor(targets)
+        )
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    assert best.detach().numpy() == pytest.approx(plain, abs=1e-3)
+
+    fresh = load_classifier(str(tiny_checkpoint), ["a", "b"], head_bias=plain)
+    assert fresh.classifier.bias.tolist() == pytest.approx(plain.tolist())
+    with torch.no_grad():
+        fresh.classifier.bias.fill_(0.7)  # as if trained
+    fresh.save_pretrained(tmp_path / "trained")
+    kept = load_classifier(str(tmp_path / "trained"), ["a", "b"], head_bias=plain)
+    assert kept.classifier.bias.tolist() == pytest.approx([0.7, 0.7])  # its own, not the prior
+    assert PROBLEMS["single_label"].head_bias(LossConfig(), targets) is None
+
+
 def test_pos_weight_auto_weighs_each_label_by_its_negatives_per_positive():
     targets = np.array([[1, 0], [1, 0], [1, 1], [0, 0]], dtype=np.float32)
     loss = PROBLEMS["multi_label"].loss(LossConfig(pos_weight="auto"), targets, 2)
@@ -340,6 +374,11 @@ def test_train_saves_a_model_of_the_problem_and_its_scores(
         assert metrics["labels"] == ["politics", "sport", "tech"]
         threshold = metrics["multi_label_threshold"]
         assert 0 < threshold < 1 and config["multi_label_threshold"] == threshold
+        rows = [r for r in evals if r["kind"] == "eval"]
+        assert all(0 < r["multi_label_threshold"] < 1 for r in rows)  # tuned at every evaluation
+        best = [r for r in rows if r["best"]][-1]  # chosen by its tuned score, kept to the end
+        assert best[metric] == pytest.approx(metrics["validation"][metric])
+        assert best["multi_label_threshold"] == threshold
         assert set(metrics["per_class"]) == set(metrics["labels"])
         assert (run_dir / "plots" / "accuracy.png").exists()
         assert (run_dir / "plots" / "per_label.png").exists()
