@@ -5,6 +5,7 @@ each problem trained end to end on the tiny BERT."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -260,6 +261,11 @@ def test_the_threshold_is_tuned_on_validation_and_rescores_the_evaluation():
     assert rescored.predictions.tolist() == refs.astype(int).tolist()
     assert rescored.scores["f1"] == rescored.scores["accuracy"] == 1.0
     assert problem.tune(validation, "loss") == tuned  # the loss cannot pick one: macro-F1 does
+    # Weighted positives push every score up: the grid reaches into the tails.
+    high = np.log(np.where(refs == 1, 0.985 / 0.015, 0.96 / 0.04)).astype(np.float32)
+    assert problem.tune(dataclasses.replace(validation, logits=high), "f1") == {
+        "multi_label_threshold": 0.97
+    }
 
 
 def test_an_undefined_score_never_counts_as_the_best():
