@@ -51,7 +51,7 @@ def export_onnx(source: str, output: Path | None = None, opset: int = 18) -> dic
     }  # fmt: skip
     try:
         torch.onnx.export(
-            _Logits(model, names),
+            _Logits(model, names).eval(),  # a new Module starts in training mode
             tuple(trace[n] for n in names),
             str(out / "model.onnx"),
             input_names=names,

@@ -1,17 +1,15 @@
 """Entry point: `python -m sft.train recipe=bert_news [key=value ...]`, or the same under
-`accelerate launch -m sft.train ...`.
-
-Hydra composes conf/ + the recipe + the command line into the typed config; `train` builds the
-run from it, fits, and finishes the run directory. The parts live in their own modules: data in
-`sft.data`, modalities in `sft.modalities`, what trains in `sft.finetune`, learning rates in
-`sft.optim`, devices in `sft.accelerator`, the step loop in `sft.loop`, the run directory in
-`sft.run_dir`. Heavy libraries are imported inside `train`, so `--cfg job`, `--help` and config
+`accelerate launch -m sft.train ...`. Hydra composes conf/ + the recipe + the command line into
+the typed config; `train` builds the run from it, fits, and finishes the run directory (the parts
+live in sft.data, sft.modalities, sft.finetune, sft.optim, sft.accelerator, sft.loop and
+sft.run_dir). Heavy libraries are imported inside `train`, so `--cfg job`, `--help` and config
 errors answer in about a second.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +43,9 @@ class Job:
 
 
 def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
-    """Fine-tune `cfg.model.checkpoint` on `cfg.data` and write the run directory.
-
-    Returns the final metrics (test split when there is one, else validation), or the
-    parameter-group summary under `dry_run`.
-    """
+    """Fine-tune `cfg.model.checkpoint` on `cfg.data` and write the run directory; returns the
+    final metrics (test split when there is one, else validation), or under `dry_run` the
+    parameter-group summary."""
     from accelerate.utils import set_seed
 
     from sft import hub, problems, trackers
@@ -72,7 +68,6 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         return out.read_metrics()
     checkpoints = Checkpoints(accelerator, out, cfg.trainer.keep_checkpoints)
     resume_from = checkpoints.resume_point(cfg.resume)
-
     job = build(cfg, accelerator)
     if accelerator.is_main_process:
         # Only once data and model are built: bad input leaves an earlier run's results alone.
@@ -140,9 +135,8 @@ def build(cfg: schema.Config, accelerator) -> Job:
     data = data._replace(train=train, validation=validation)
     unfreezer = finetune.start_gradual(accelerator.unwrap_model(model), cfg.finetune)
     summary = optim.describe(groups)  # as training starts: after gradual's first freeze
-    log.info(
-        "parameter groups (finetune=%s):\n%s", cfg.finetune.strategy, optim.format_table(summary)
-    )
+    table = optim.format_table(summary)
+    log.info("parameter groups (finetune=%s):\n%s", cfg.finetune.strategy, table)
     return Job(splits, inputs, model, summary, optimizer, data, cache, unfreezer)
 
 
@@ -252,8 +246,15 @@ def finish(
         result["pushed_to"] = push_finished(out, cfg.hub.repo_id, cfg.hub.private)
 
 
+def main(argv: list[str] | None = None) -> None:
+    """`python -m sft.train [overrides]`, or `argv` as the command line (Hydra reads sys.argv)."""
+    sys.argv[1:] = sys.argv[1:] if argv is None else argv
+    with cli.composes_config():
+        hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=str(schema.CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     # In a sweep each job runs in its own sub-directory: record where this one really is.
     cfg.output_dir = HydraConfig.get().runtime.output_dir
     with cli.exits_on_user_error():
@@ -266,5 +267,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    with cli.composes_config():
-        main()
+    main()

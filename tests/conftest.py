@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny BERT checkpoint built from a config, a small learnable text corpus, and
-a helper that runs the real CLI in a subprocess. Nothing is downloaded."""
+the commands run in this process (`run_cli`) or in a new one (`run_process`). Nothing is
+downloaded."""
 
 from __future__ import annotations
 
@@ -101,18 +102,73 @@ def assert_run_outputs(run_dir: Path, *extra: str) -> None:
         assert (run_dir / name).is_file(), name
 
 
-def run_cli(*overrides: str, cwd: Path, module: str = "sft.train") -> subprocess.CompletedProcess:
-    """`python -m sft.train <overrides>` in a subprocess, offline, as a user would run it."""
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (`make test` runs two workers on the two cores): one torch thread per
+    worker, and in every process a test starts, or the workers oversubscribe the cores and slow
+    each other several times over."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
+# Every command in this process runs offline, as in the child processes the tests start.
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+os.environ.update(OFFLINE)
+
+
+def run_cli(*args: str, cwd: Path, module: str = "sft.train") -> subprocess.CompletedProcess:
+    """`python -m <module> <args>` run inside this process: the command's own `main(argv)`, in
+    `cwd`, with its stdout, stderr (logging included) and exit status captured as a process's
+    would be. For every test whose subject is what a command does, not the process it runs in
+    (most): no interpreter start, no second import of torch and transformers."""
+    import importlib
+    import logging
+    from contextlib import redirect_stderr, redirect_stdout
+    from io import StringIO
+
+    command = importlib.import_module(module)
+    out, err = StringIO(), StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, sys.argv, os.getcwd()
+    root.handlers.clear()  # the command sets up its own logging to its stderr, as in a process
+    status = 0
+    os.chdir(cwd)
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            command.main(list(args))
+    except SystemExit as stop:
+        status = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:], sys.argv = saved[0], saved[2]
+        root.setLevel(saved[1])
+        os.chdir(saved[3])
+        _forget_the_run()
+    return subprocess.CompletedProcess([module, *args], status, out.getvalue(), err.getvalue())
+
+
+def _forget_the_run() -> None:
+    """What a process would drop on exit: Accelerate's process-wide state (a next run may ask
+    for another precision), and a finished run's open handles (its run directory's lock)."""
+    import gc
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    gc.collect()
+
+
+def run_process(*args: str, cwd: Path, module: str = "sft.train", **env: str):
+    """`python -m <module> <args>` in a new process, offline, as a user would run it: for the
+    tests whose subject is the process (its exit status, signals, a fresh interpreter)."""
     return subprocess.run(
-        [sys.executable, "-m", module, *overrides],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
-        env=env,
+        env={**os.environ, **OFFLINE, **env},
         capture_output=True,
         text=True,
         timeout=900,

@@ -33,7 +33,10 @@ class HubServer:
         self.fail_with: int | None = None  # an HTTP status every write answers (a broken hub)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll: `shutdown` waits for the loop's next look, at every test's teardown.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     def __enter__(self) -> HubServer:
         self._thread.start()

@@ -8,17 +8,19 @@ import shutil
 import pandas as pd
 import pytest
 
-from tests.conftest import make_rows, run_cli
+from tests.conftest import make_rows, run_cli, run_process
 from tests.test_image import tiny_vit  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 
 
-def fails(tmp_path, *overrides: str) -> str:
-    """Run the CLI, assert it failed cleanly, return its error output."""
+def fails(tmp_path, *overrides: str, process: bool = False) -> str:
+    """Run the CLI (in this process, or in its own with `process`), assert it failed cleanly
+    with exit status 2, return its error output."""
     run_dir = tmp_path / "run"
-    result = run_cli(f"output_dir={run_dir}", "trainer.progress=false", *overrides, cwd=tmp_path)
-    assert result.returncode != 0, result.stdout[-2000:]
+    run = run_process if process else run_cli
+    result = run(f"output_dir={run_dir}", "trainer.progress=false", *overrides, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Traceback" not in result.stderr, result.stderr[-4000:]
     assert not (run_dir / "metrics.json").exists()
     assert not (run_dir / "model").exists()
@@ -33,7 +35,8 @@ def error_line(stderr: str) -> str:
 
 
 def test_unknown_recipe_lists_the_available_ones(tmp_path):
-    line = error_line(fails(tmp_path, "recipe=bert_nws"))
+    # As a process: what a shell sees is exit status 2 and one error line.
+    line = error_line(fails(tmp_path, "recipe=bert_nws", process=True))
     assert "unknown recipe 'bert_nws'" in line and "bert_news" in line and "--config-dir" in line
 
 

@@ -1,6 +1,9 @@
-"""Bad environments and bad command inputs, through the real CLI: an unwritable output_dir, a
-full disk, a bad input aimed at a finished run, commands given a directory that is no run, a
-push without a token. Each ends in one `error:` line naming the culprit and the fix."""
+"""Bad environments and bad command inputs, through the commands' own `main`: an unwritable
+output_dir, a full disk, a bad input aimed at a finished run, commands given a directory that is
+no run, a push without a token. Each ends in one `error:` line naming the culprit and the fix.
+
+A full disk is a file-size limit on a child process (`python -m sft.train`); every other command
+runs in this process (`run_cli`)."""
 
 from __future__ import annotations
 
@@ -16,9 +19,12 @@ import time
 import pytest
 
 from sft.checkpoint import incomplete
+from tests import test_push
 from tests.conftest import run_cli
 from tests.test_bad_input import error_line
-from tests.test_push import TOKEN, hub, hub_env, push  # noqa: F401 (fixture)
+from tests.test_push import push_here, use_hub_env
+
+hub = test_push.hub  # the fixture: a local hub server
 
 pytestmark = pytest.mark.slow
 
@@ -27,15 +33,21 @@ TINY = ["trainer.epochs=2", "trainer.batch_size=16", "data.max_length=32", "trai
 FILE_LIMIT = 50_000  # bytes: above every log and config file, below the tiny model's weights
 
 
-def train_command(checkpoint, corpus, run_dir, *overrides: str) -> list[str]:
+TRAIN = [sys.executable, "-m", "sft.train"]
+
+
+def train_args(checkpoint, corpus, run_dir, *overrides: str) -> list[str]:
     return [
-        sys.executable, "-m", "sft.train", f"model.checkpoint={checkpoint}",
-        f"data.path={corpus}", f"output_dir={run_dir}", *TINY, *overrides,
+        f"model.checkpoint={checkpoint}", f"data.path={corpus}", f"output_dir={run_dir}", *TINY,
+        *overrides,
     ]  # fmt: skip
 
 
-def cli_env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+def limited_env() -> dict[str, str]:
+    """The environment of a child whose file size gets limited, less COVERAGE_PROCESS_CONFIG:
+    coverage's data file, written as the child exits, would pass the limit and fail the child."""
+    env = {k: v for k, v in os.environ.items() if k != "COVERAGE_PROCESS_CONFIG"}
+    return {**env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def no_writes_past_the_limit() -> None:
@@ -74,8 +86,8 @@ def test_output_dir_in_a_read_only_folder_is_refused_even_for_root(
 def test_disk_full_while_writing_the_model_leaves_no_result(tmp_path, tiny_checkpoint, text_corpus):
     run_dir = tmp_path / "run"
     result = subprocess.run(
-        train_command(tiny_checkpoint, text_corpus, run_dir, "trainer.keep_checkpoints=0"),
-        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600,
+        [*TRAIN, *train_args(tiny_checkpoint, text_corpus, run_dir, "trainer.keep_checkpoints=0")],
+        cwd=tmp_path, env=limited_env(), capture_output=True, text=True, timeout=600,
         preexec_fn=no_writes_past_the_limit,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-3000:]
@@ -89,13 +101,13 @@ def test_disk_full_during_a_checkpoint_keeps_the_last_one_and_resume_finishes(
     tmp_path, tiny_checkpoint, text_corpus
 ):
     run_dir = tmp_path / "run"
-    command = train_command(
+    args = train_args(
         tiny_checkpoint, text_corpus, run_dir,
         "trainer.epochs=10", "trainer.checkpoint_every=1",
     )  # fmt: skip
     child = subprocess.Popen(
-        command, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        [*TRAIN, *args], cwd=tmp_path, env=limited_env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 300
     while not list(run_dir.glob("checkpoints/step-*/complete.json")):
@@ -111,9 +123,8 @@ def test_disk_full_during_a_checkpoint_keeps_the_last_one_and_resume_finishes(
     complete = sorted(run_dir.glob("checkpoints/step-*"))
     assert complete and incomplete(complete[-1]) is None
 
-    again = subprocess.run(
-        command, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600
-    )
+    # The same command again, once space is freed: in this process (no limit here).
+    again = run_cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from {complete[-1]}" in again.stdout + again.stderr
     assert (run_dir / "metrics.json").is_file()
@@ -161,21 +172,22 @@ def test_a_command_on_a_directory_that_is_no_run_nor_model(tmp_path, text_corpus
     assert "nor a model directory (with config.json)" in line
 
 
-def test_push_without_a_token_says_how_to_set_one(tmp_path, hub, trained_text_run):  # noqa: F811
-    result = push(
-        trained_text_run[0], "--repo-id", "me/x", env=hub_env(hub, tmp_path), cwd=tmp_path
-    )
+def test_push_without_a_token_says_how_to_set_one(tmp_path, hub, trained_text_run, monkeypatch):
+    use_hub_env(monkeypatch, hub, tmp_path)  # no HF_TOKEN, no saved token
+    result = push_here(trained_text_run[0], "--repo-id", "me/x", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     line = error_line(result.stderr)
     assert "no hub token is set" in line and "HF_TOKEN" in line and "hf auth login" in line
     assert hub.requests == []  # nothing was sent
 
 
-def test_push_to_hub_without_a_token_fails_before_training(tmp_path, hub, tiny_checkpoint):  # noqa: F811
-    result = subprocess.run(
-        [sys.executable, "-m", "sft.train", f"model.checkpoint={tiny_checkpoint}",
-         f"output_dir={tmp_path / 'run'}", "push_to_hub=true", "hub.repo_id=me/x"],
-        cwd=tmp_path, env=hub_env(hub, tmp_path), capture_output=True, text=True, timeout=600,
+def test_push_to_hub_without_a_token_fails_before_training(
+    tmp_path, hub, tiny_checkpoint, monkeypatch
+):
+    use_hub_env(monkeypatch, hub, tmp_path)
+    result = run_cli(
+        f"model.checkpoint={tiny_checkpoint}", f"output_dir={tmp_path / 'run'}",
+        "push_to_hub=true", "hub.repo_id=me/x", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     line = error_line(result.stderr)

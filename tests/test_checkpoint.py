@@ -1,7 +1,8 @@
 """The checkpoint format, in-process on the tiny BERT: nothing in a checkpoint is a pickle and
 resuming unpickles nothing, yet training continues exactly; each set of weights is stored once
-(the best weights in one shared file, removed when no checkpoint names it); and sharded
-plugins (FSDP) are refused with one line."""
+(the best weights in one shared file, removed when no checkpoint names it). And sharded plugins
+(FSDP), as a real `accelerate launch --use_fsdp` of two processes sets them, are refused with one
+line."""
 
 from __future__ import annotations
 
@@ -138,6 +139,7 @@ def test_each_set_of_weights_is_stored_once(tmp_path, tiny_checkpoint):
 
 @pytest.mark.slow
 def test_fsdp_is_refused_with_one_line(tmp_path, tiny_checkpoint, text_corpus):
+    # A process: what is refused is what `accelerate launch` hands its ranks (its environment).
     command = [
         *ACCELERATE,
         "--use_fsdp",
@@ -149,8 +151,10 @@ def test_fsdp_is_refused_with_one_line(tmp_path, tiny_checkpoint, text_corpus):
         f"data.path={text_corpus}",
         f"output_dir={tmp_path / 'run'}",
     ]  # fmt: skip
+    # Two ranks start at once: one thread each, so that they do not fight over the cores.
+    env = cpu_env({"OMP_NUM_THREADS": "1"})
     result = subprocess.run(
-        command, cwd=tmp_path, env=cpu_env(), capture_output=True, text=True, timeout=300
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode != 0
     refusals = [line for line in result.stderr.splitlines() if line.startswith("error: ")]

@@ -52,3 +52,34 @@ def test_run_turns_bad_input_into_exit_2(capsys):
     with pytest.raises(SystemExit) as stop:
         cli.run(cli.parser("sft.example", "An example."), work, [])
     assert stop.value.code == 2 and "error: no such run" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_exit_status_2(tmp_path, capsys):
+    """A write that fails with ENOSPC ends as bad input does (the disk, not sft, is at fault),
+    naming the file being written even when the error itself names none (safetensors' Rust
+    writer says `os error 28`). The real full disk, in a child process, is in
+    test_bad_input_env.py."""
+    import errno
+
+    target = tmp_path / "model.safetensors"
+    with pytest.raises(SystemExit) as stop, cli.exits_on_user_error():
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: could not write {target}: No space left on device")
+    assert "run the same command again" in err
+
+    def save_file(tensors, filename):  # the innermost frame holding the path names the file
+        raise OSError("I/O error: No space left on device (os error 28)")
+
+    message = None
+    try:
+        save_file({}, str(target))
+    except OSError as error:
+        message = cli.disk_full(error)
+    assert message is not None and f"could not write {target}" in message
+
+
+def test_any_other_os_error_keeps_its_traceback():
+    with pytest.raises(PermissionError), cli.exits_on_user_error():
+        raise PermissionError(13, "Permission denied", "/somewhere")

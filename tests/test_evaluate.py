@@ -13,13 +13,15 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import make_rows, run_cli
+from tests.conftest import make_rows, run_cli, run_process
 
 pytestmark = pytest.mark.slow
 
 
-def evaluate(*args, cwd) -> subprocess.CompletedProcess:
-    return run_cli(*map(str, args), cwd=cwd, module="sft.evaluate")
+def evaluate(*args, cwd, process: bool = False) -> subprocess.CompletedProcess:
+    """The command in this process, or (`process`) in its own, as a user starts it."""
+    run = run_process if process else run_cli
+    return run(*map(str, args), cwd=cwd, module="sft.evaluate")
 
 
 @pytest.fixture
@@ -43,7 +45,8 @@ def test_metrics_match_the_models_predictions(tmp_path, text_run, other_data):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     root, rows = other_data
-    result = evaluate(text_run, f"data.path={root}", "data.label_column=topic", cwd=tmp_path)
+    args = (text_run, f"data.path={root}", "data.label_column=topic")
+    result = evaluate(*args, cwd=tmp_path, process=True)  # `python -m sft.evaluate`, once
     assert result.returncode == 0, result.stderr[-3000:]
     out = text_run / "evaluations" / "other-test"
     report = json.loads((out / "metrics.json").read_text())

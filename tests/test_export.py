@@ -12,15 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_process
 from tests.test_audio import tiny_wav2vec2  # noqa: F401 (fixture)
 from tests.test_image import tiny_vit  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 
 
-def export(*args, cwd) -> subprocess.CompletedProcess:
-    return run_cli(*map(str, args), cwd=cwd, module="sft.export")
+def export(*args, cwd, process: bool = False) -> subprocess.CompletedProcess:
+    """The command in this process, or (`process`) in its own, as a user starts it."""
+    run = run_process if process else run_cli
+    return run(*map(str, args), cwd=cwd, module="sft.export")
 
 
 @pytest.fixture
@@ -33,7 +35,7 @@ def test_text_run_exports_to_onnx_with_pytorchs_logits(tmp_path, text_run):
     import onnxruntime
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    result = export(text_run, "--onnx", cwd=tmp_path)
+    result = export(text_run, "--onnx", cwd=tmp_path, process=True)  # `python -m sft.export`, once
     assert result.returncode == 0, result.stderr[-3000:]
     out = text_run / "onnx"
     report = json.loads((out / "export.json").read_text())

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from sft.prepare import DIGITS, FASHION_CLASSES, fashion_mnist, read_idx, spoken_digits, tiny_model
+from sft.prepare import DIGITS, FASHION_CLASSES, read_idx, spoken_digits, tiny_model
+from tests.conftest import run_process
 
 
 def write_idx(path, array: np.ndarray) -> None:
@@ -34,7 +35,12 @@ def test_fashion_mnist_becomes_an_imagefolder_with_named_classes(tmp_path):
         labels = np.arange(n) % 10
         write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    out = fashion_mnist(tmp_path, tmp_path / "out", train_per_class=3, test_per_class=2)
+    out = tmp_path / "out"
+    result = run_process(  # `python -m sft.prepare`, as `make data-images` runs it
+        "fashion-mnist", "--source", str(tmp_path), "--out", str(out),
+        "--train-per-class", "3", "--test-per-class", "2", cwd=tmp_path, module="sft.prepare",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in (out / "train").iterdir()) == sorted(FASHION_CLASSES)
     assert len(list((out / "train" / "bag").glob("*.png"))) == 3
     assert len(list((out / "test" / "bag").glob("*.png"))) == 2

@@ -1,14 +1,12 @@
 """Whisper tiny.en's encoder from its package (a CTranslate2 file, float16), converted for real:
 every encoder weight mapped, outputs equal to CTranslate2's own engine on the packaged model, a
 shorter window equal to the engine on shorter input, the cache keyed by options, a corrupt file
-named, and the recipe and every strategy fine-tuning it through the CLI."""
+named, and the recipe fine-tuning it through the CLI (trained under the default and head_only,
+every other strategy's trainable parameters and rates shown by its dry run)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +15,17 @@ import torch
 
 from sft import pretrained
 from sft.pretrained import whisper
+from tests.conftest import run_cli
 from tests.test_audio import audio_tree
-from tests.test_pretrained import STRATEGIES, convert_command, fake_package, fine_tune
+from tests.test_pretrained import (
+    DRY_RUN,
+    TRAINED,
+    block_numbers,
+    convert_command,
+    convert_in,
+    fake_package,
+    fine_tune,
+)
 
 pytestmark = pytest.mark.slow
 NAME = "whisper-tiny.en"
@@ -31,14 +38,16 @@ def source() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    """One $SFT_CACHE for the module's command-line runs: each converts once, not per test."""
+    """One $SFT_CACHE for the module: the recipe's 2 s window is converted into it once
+    (`converted`), and every command-line run finds the conversion there."""
     return tmp_path_factory.mktemp("sft-cache")
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory) -> dict[int, Path]:
-    out = tmp_path_factory.mktemp("whisper")
-    return {s: pretrained.checkpoint(NAME, out / f"{s}s", seconds=s) for s in (30, 2)}
+def converted(tmp_path_factory, cache) -> dict[int, Path]:
+    """Whisper's own 30 s window (elsewhere) and the recipe's 2 s window (in the cache)."""
+    whole = pretrained.checkpoint(NAME, tmp_path_factory.mktemp("whisper") / "30s", seconds=30)
+    return {30: whole, 2: convert_in(cache, NAME, seconds=2)}
 
 
 def encoder(path: Path):
@@ -113,10 +122,12 @@ def test_each_window_is_cached_apart_and_reused(tmp_path, monkeypatch):
         (["--seconds", "31"], "seconds=31 must be a whole number"),
     ],
 )
-def test_a_bad_option_is_named(tmp_path, options, message):
-    result = convert_command({**os.environ, "SFT_CACHE": str(tmp_path)}, tmp_path, NAME, *options)
+def test_a_bad_option_is_named(tmp_path, monkeypatch, options, message):
+    monkeypatch.setenv("SFT_CACHE", str(tmp_path))
+    result = run_cli(NAME, *options, cwd=tmp_path, module="sft.convert")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"error: {NAME}: {message}" in result.stderr
+    assert not (tmp_path / "converted").exists()
 
 
 def test_the_resolver_takes_the_window_and_refuses_extra_options(tmp_path, monkeypatch):
@@ -137,9 +148,9 @@ def test_the_resolver_takes_the_window_and_refuses_extra_options(tmp_path, monke
         (lambda real: real[:48] + b"\x09" + real[49:], "unknown data type (9)"),
     ],
 )
-def test_a_corrupt_package_is_named_with_how_to_reinstall(tmp_path, weights, why):
-    real = pretrained.weights_file(NAME).read_bytes()
-    result = convert_command(fake_package(tmp_path, NAME, weights(real)), tmp_path, NAME)
+def test_a_corrupt_package_is_named_with_how_to_reinstall(tmp_path, monkeypatch, weights, why):
+    fake_package(tmp_path, NAME, weights(pretrained.weights_file(NAME).read_bytes()))
+    result = convert_command(tmp_path, monkeypatch, NAME)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: {NAME}:") and why in line and "corrupt" in line
@@ -147,12 +158,12 @@ def test_a_corrupt_package_is_named_with_how_to_reinstall(tmp_path, weights, why
 
 
 def test_untrained_has_the_architecture_and_window_without_the_weights(tmp_path, converted):
-    result = subprocess.run(
-        [sys.executable, "-m", "sft.convert", NAME, "--untrained", "--seconds", "2", "--out",
-         str(tmp_path / "scratch")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    result = run_cli(
+        NAME, "--untrained", "--seconds", "2", "--out", str(tmp_path / "scratch"),
+        cwd=tmp_path, module="sft.convert",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == str(tmp_path / "scratch")
     scratch, trained = encoder(tmp_path / "scratch"), encoder(converted[2])
     a, b = scratch.state_dict(), trained.state_dict()
     assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
@@ -169,12 +180,42 @@ def tones(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_the_recipe_fine_tunes_the_converted_encoder(tmp_path, cache, tones, strategy):
-    """recipe=whisper_digits on a few clips, through the CLI, with each strategy: the head is new
-    (3 labels), clips are cropped to the 2 s window, and the saved model is Whisper's."""
-    run_dir = fine_tune(tmp_path, cache, strategy, "recipe=whisper_digits", f"data.path={tones}")
+def whisper_head(converted: Path) -> int:
+    """The parameters of Whisper's classification head for 3 labels: the projector, the
+    classifier."""
+    config = json.loads((converted / "config.json").read_text())
+    projection = config["classifier_proj_size"]
+    return (config["d_model"] + 1) * projection + (projection + 1) * 3
+
+
+@pytest.mark.parametrize("strategy", TRAINED)
+def test_the_recipe_fine_tunes_the_converted_encoder(
+    tmp_path, monkeypatch, cache, converted, tones, strategy
+):
+    """recipe=whisper_digits on a few clips, through the CLI, the default and head_only: the head
+    is new (3 labels), clips are cropped to the 2 s window, and the saved model is Whisper's."""
+    run_dir = fine_tune(
+        tmp_path, monkeypatch, cache, strategy, whisper_head(converted[2]),
+        "recipe=whisper_digits", f"data.path={tones}",
+    )  # fmt: skip
     config = json.loads((run_dir / "model" / "config.json").read_text())
     assert config["model_type"] == "whisper" and len(config["id2label"]) == 3
     assert config["max_source_positions"] == 100  # the 2 s window
     assert json.loads((run_dir / "metrics.json").read_text())["num_examples"] == 6
+
+
+@pytest.mark.parametrize("strategy", DRY_RUN)
+def test_every_other_strategy_sets_what_trains_in_the_converted_encoder(
+    tmp_path, monkeypatch, cache, converted, tones, strategy
+):
+    """recipe=whisper_digits with top_k, lora or layer_decay, as its dry run reports it on the
+    real encoder (4 layers, the 2 s window): which parameters train, at which rates, beside the
+    new 3-label head."""
+    run_dir = fine_tune(
+        tmp_path, monkeypatch, cache, strategy, whisper_head(converted[2]),
+        "recipe=whisper_digits", f"data.path={tones}",
+    )  # fmt: skip
+    groups = json.loads((run_dir / "param_groups.json").read_text())["groups"]
+    assert block_numbers(groups) == set(range(4))
+    resolved = (run_dir / "config.yaml").read_text()
+    assert f"checkpoint: {converted[2]}\n" in resolved  # the recipe's 2 s window

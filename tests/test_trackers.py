@@ -9,17 +9,16 @@ import json
 import pytest
 import yaml
 
-from tests.conftest import run_tiny_text
+from tests.conftest import FAST, run_tiny_text
 
 pytestmark = pytest.mark.slow
 
 
-def test_tensorboard_holds_the_history_and_the_config(tmp_path, tiny_checkpoint, text_corpus):
+def test_tensorboard_holds_the_history_and_the_config(trained_text_run, tiny_checkpoint):
+    # The shared finished run (conftest's FAST settings, the default logger) is read only.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    _, run_dir = run_tiny_text(
-        tmp_path, tiny_checkpoint, text_corpus, "trainer.epochs=2", "trainer.log_every=2"
-    )
+    run_dir = trained_text_run[0]
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
@@ -36,7 +35,7 @@ def test_tensorboard_holds_the_history_and_the_config(tmp_path, tiny_checkpoint,
     hparams = yaml.safe_load(hparams_file.read_text())
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert hparams["optimizer/lr"] == config["optimizer"]["lr"]
-    assert hparams["trainer/epochs"] == 2
+    assert "trainer.epochs=10" in FAST and hparams["trainer/epochs"] == 10  # the override
     assert hparams["model/checkpoint"] == str(tiny_checkpoint)
 
 
