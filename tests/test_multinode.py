@@ -1,7 +1,8 @@
 """Two machines on the loopback address: two `accelerate launch` commands, machine ranks 0 and 1
 with one gloo CPU process each, train one run that equals the same global batch on one machine;
 machines that name different run directories stop with an error; the SLURM example script runs
-its per-node command for two nodes."""
+its per-node command for two nodes. The one-machine run (two processes, the same settings) is
+the session's shared two-rank reference (tests/helpers/distributed.py), launched once."""
 
 from __future__ import annotations
 
@@ -16,13 +17,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.helpers.distributed import ACCELERATE, cpu_env, free_port, launch
+from tests.helpers.distributed import ACCELERATE, cpu_env, free_port, reference_run, training
 
 pytestmark = pytest.mark.slow
 
 SBATCH = ROOT / "examples" / "slurm" / "multinode.sbatch"
-# One thread per process: the machines share the CPU cores.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def run_together(commands: list[list[str]], cwd: Path, env: dict, timeout: float = 600) -> list:
@@ -75,7 +74,8 @@ def launch_machines(
             *per_machine[rank],
         ]  # fmt: skip
 
-    return run_together([command(0), command(1)], cwd, cpu_env(ONE_THREAD))
+    # cpu_env: one thread per process, as the machines share this machine's cores.
+    return run_together([command(0), command(1)], cwd, cpu_env())
 
 
 def read_run(run: Path) -> tuple[list[dict], dict]:
@@ -87,26 +87,15 @@ def read_run(run: Path) -> tuple[list[dict], dict]:
     return rows, {k: v for k, v in metrics.items() if k not in timings}
 
 
-def training(checkpoint: Path, corpus: Path) -> list[str]:
-    return [
-        "-m", "sft.train",
-        "recipe=bert_news",
-        f"model.checkpoint={checkpoint}",
-        f"data.path={corpus}",
-        "data.max_length=32",
-        "data.max_train_samples=48",  # 6 steps of 2 x 4 per epoch, none short
-        "trainer.batch_size=4",
-        "trainer.epochs=2",  # the first epoch's checkpoint is written by both machines
-        "trainer.log_every=1",
-        "optimizer.lr=5e-3",
-        "trainer.progress=false",
-    ]  # fmt: skip
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, tiny_checkpoint):
+    return reference_run(tmp_path_factory, tiny_checkpoint)
 
 
 def test_two_machines_on_loopback_train_as_the_same_global_batch_on_one_machine(
-    tmp_path, tiny_checkpoint, text_corpus
+    tmp_path, tiny_checkpoint, two_ranks
 ):
-    common = training(tiny_checkpoint, text_corpus)
+    common = training(tiny_checkpoint, two_ranks.corpus)
     # One shared output_dir, as a shared filesystem gives the machines of a cluster.
     machines = launch_machines(*common, f"output_dir={tmp_path / 'two-machines'}", cwd=tmp_path)
     for status, output in machines:
@@ -116,11 +105,12 @@ def test_two_machines_on_loopback_train_as_the_same_global_batch_on_one_machine(
     # process, but not the run's.
     assert "run directory:" in machines[0][1]
     assert "run directory:" not in machines[1][1]
-    # The same global batch on one machine: 2 processes of batch 4 (dropout draws the same).
-    launch(*common, f"output_dir={tmp_path / 'one-machine'}", cwd=tmp_path, env=ONE_THREAD)
+    # The same global batch on one machine: 2 processes of batch 4 (dropout draws the same),
+    # the shared reference launched with these settings.
+    assert two_ranks.args == common[2:]
 
     two_rows, two_metrics = read_run(tmp_path / "two-machines")
-    one_rows, one_metrics = read_run(tmp_path / "one-machine")
+    one_rows, one_metrics = read_run(two_ranks.run_dir)
     assert len([r for r in two_rows if r["kind"] == "train"]) == 12  # once each: one writer
     assert [(r["kind"], r["step"]) for r in two_rows] == [(r["kind"], r["step"]) for r in one_rows]
     for two, one in zip(two_rows, one_rows, strict=True):  # loss, lr, eval metrics
@@ -189,9 +179,7 @@ def test_slurm_script_runs_two_nodes_with_stand_in_srun(tmp_path, tiny_checkpoin
         "trainer.log_every=1",
         "trainer.progress=false",
     ]
-    [(status, output)] = run_together(
-        [["bash", str(SBATCH), *overrides]], tmp_path, cpu_env({**ONE_THREAD, **slurm})
-    )
+    [(status, output)] = run_together([["bash", str(SBATCH), *overrides]], tmp_path, cpu_env(slurm))
     assert status == 0, output[-4000:]
     assert "x 2 processes" in output
     rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]

@@ -1,77 +1,48 @@
 """Two gloo processes on CPU through `accelerate launch`: the run completes, counts every test
 example exactly once, only rank zero writes the run directory, ranks started apart agree on
-that directory, and two processes of batch b train as one process of batch 2b."""
+that directory, and two processes of batch b train as one process of batch 2b.
+
+The uninterrupted two-rank run is launched once (tests/helpers/distributed.py, shared with
+test_multinode.py): its ranks start seconds apart without an output_dir, so the same launch is
+the run that counts examples, the run whose ranks agree on a directory, and the reference a
+preempted run must equal once resumed."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import run_cli
-from tests.helpers.distributed import free_port, launch
+from tests.helpers.distributed import launch, reference_run
 
 pytestmark = pytest.mark.slow
 
 
-def test_two_cpu_processes_train_and_count_each_example_once(
-    tmp_path, tiny_checkpoint, text_corpus
-):
-    run_dir = tmp_path / "run"
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
-    command = [
-        *accelerate,
-        "--multi_gpu",
-        "--num_processes", "2",
-        "--main_process_port", str(free_port()),
-        "-m", "sft.train",
-        "recipe=bert_news",
-        f"model.checkpoint={tiny_checkpoint}",
-        f"data.path={text_corpus}",
-        f"output_dir={run_dir}",
-        "data.max_length=32",
-        "trainer.epochs=2",
-        "trainer.batch_size=4",
-        "trainer.eval_batch_size=4",  # several evaluation batches, the last one short
-        "trainer.progress=false",
-    ]  # fmt: skip
-    # ACCELERATE_USE_CPU makes --multi_gpu start gloo processes on CPU (--cpu would start one).
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "x 2 processes" in result.stdout + result.stderr
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, tiny_checkpoint):
+    return reference_run(tmp_path_factory, tiny_checkpoint)
+
+
+def test_two_cpu_processes_train_and_count_each_example_once(two_ranks):
+    launched = two_ranks.launched
+    assert "x 2 processes" in launched.stdout + launched.stderr
+    metrics = json.loads((two_ranks.run_dir / "metrics.json").read_text())
     assert metrics["num_examples"] == 15  # test.csv rows, none duplicated by the sampler
     assert sum(map(sum, metrics["confusion_matrix"])) == 15
-    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
-    steps = [r["step"] for r in rows if r["kind"] == "train"]
+    history = (two_ranks.run_dir / "history.jsonl").read_text().splitlines()
+    steps = [r["step"] for r in map(json.loads, history) if r["kind"] == "train"]
     assert steps == sorted(set(steps))  # one writer: no step recorded twice
 
 
-def test_ranks_started_seconds_apart_share_one_run_directory(
-    tmp_path, tiny_checkpoint, text_corpus
-):
-    staggered = Path(__file__).parent / "helpers" / "staggered_train.py"
-    launch(
-        str(staggered),
-        "recipe=bert_news",
-        f"model.checkpoint={tiny_checkpoint}",
-        f"data.path={text_corpus}",
-        "data.max_length=32",
-        "trainer.max_steps=4",
-        "trainer.progress=false",
-        cwd=tmp_path,
-    )  # no output_dir: the default runs/<date>/<time> must be the same on both ranks
-    run_dirs = [p for p in (tmp_path / "runs").glob("*/*") if p.is_dir()]
-    assert len(run_dirs) == 1, run_dirs
-    assert (run_dirs[0] / "metrics.json").exists()
+def test_ranks_started_seconds_apart_share_one_run_directory(two_ranks):
+    # No output_dir was given: the default runs/<date>/<time> must be the same on both ranks,
+    # though rank 1 started 2 s after rank 0 (tests/helpers/staggered_train.py).
+    assert "output_dir=" not in " ".join(two_ranks.args)
+    assert len(two_ranks.run_dirs) == 1, two_ranks.run_dirs
+    assert (two_ranks.run_dirs[0] / "metrics.json").exists()
 
 
 @pytest.fixture
@@ -99,6 +70,7 @@ def test_two_processes_of_batch_b_equal_one_process_of_batch_2b(
         "optimizer.lr=5e-3",
         "trainer.progress=false",
     ]
+    # The one-process side is not about processes: it runs here.
     one = run_cli(*common, "trainer.batch_size=8", f"output_dir={tmp_path / 'one'}", cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
     launch(
@@ -124,22 +96,7 @@ def test_two_processes_of_batch_b_equal_one_process_of_batch_2b(
     assert two_metrics["loss"] == pytest.approx(one_metrics["loss"], rel=1e-4)
 
 
-def test_sigterm_on_one_rank_stops_both_at_one_checkpoint_and_resume_is_exact(
-    tmp_path, tiny_checkpoint, text_corpus
-):
-    common = [
-        "recipe=bert_news",
-        f"model.checkpoint={tiny_checkpoint}",
-        f"data.path={text_corpus}",
-        "data.max_length=32",
-        "data.max_train_samples=48",
-        "trainer.batch_size=4",
-        "trainer.epochs=2",
-        "trainer.log_every=1",
-        "optimizer.lr=5e-3",
-        "trainer.progress=false",
-    ]
-    launch("-m", "sft.train", *common, f"output_dir={tmp_path / 'whole'}", cwd=tmp_path)
+def test_sigterm_on_one_rank_stops_both_at_one_checkpoint_and_resume_is_exact(tmp_path, two_ranks):
     interrupted = Path(__file__).parent / "helpers" / "interrupted_train.py"
     run_dir = tmp_path / "preempted"
     signal_rank_1 = {
@@ -148,13 +105,14 @@ def test_sigterm_on_one_rank_stops_both_at_one_checkpoint_and_resume_is_exact(
         "SFT_TEST_SIGNAL_RANK": "1",
     }
     stopped = launch(
-        str(interrupted), *common, f"output_dir={run_dir}", cwd=tmp_path, env=signal_rank_1
+        str(interrupted), *two_ranks.args, f"output_dir={run_dir}", cwd=tmp_path, env=signal_rank_1
     )
     assert "stopped by SIGTERM at step 4" in stopped.stderr
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step-00000004"]
     assert not (run_dir / "metrics.json").exists()
 
-    launch("-m", "sft.train", *common, f"output_dir={run_dir}", cwd=tmp_path)
+    # The resume restores both ranks' states from the checkpoint they wrote: two ranks again.
+    launch("-m", "sft.train", *two_ranks.args, f"output_dir={run_dir}", cwd=tmp_path)
 
     def read(run: Path):
         rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
@@ -163,4 +121,4 @@ def test_sigterm_on_one_rank_stops_both_at_one_checkpoint_and_resume_is_exact(
             k: v for k, v in metrics.items() if k not in ("train_seconds", "startup_seconds")
         }
 
-    assert read(run_dir) == read(tmp_path / "whole")
+    assert read(run_dir) == read(two_ranks.run_dir)  # the uninterrupted reference

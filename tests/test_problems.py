@@ -1,7 +1,9 @@
 """Beyond one label (sft/problems.py, sft/data/targets.py): multi-label targets from lists,
 separated strings or 0/1 columns; regression targets from one or several numeric columns; their
 losses; their scores checked against scikit-learn and scipy; bad targets refused by name; and
-each problem trained end to end on the tiny BERT."""
+each problem trained end to end on the tiny BERT: one finished run per problem, built once in
+this process and read by the checks of what it saved, `pipeline()`, `sft.predict`,
+`sft.evaluate`, the model card and hub, ONNX export and the resume of a preempted run."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ import dataclasses
 import functools
 import json
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -331,44 +335,64 @@ def test_pos_weight_auto_weighs_each_label_by_its_negatives_per_positive():
 
 
 # -------------------------------------------------------------------------------- end to end
-@pytest.fixture
-def tagged_corpus(tmp_path):
-    root = tmp_path / "tagged"
-    root.mkdir()
+# One finished run per problem, trained once in this process and shared: the checks below read
+# it (one that writes into it works on a copy), and a preempted run must come back to it.
+SETTINGS = {  # the problem's own options, and the metric that chooses its best checkpoint
+    "multi_label": (["data.label_column=tags", 'data.label_separator=","'], "f1_micro"),
+    "regression": (["data.label_column=score", "loss.regression=huber"], "r2"),
+}
+BOTH = pytest.mark.parametrize("problem", list(SETTINGS))
+
+
+@pytest.fixture(scope="module")
+def tagged_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tagged")
     for split, (n, seed) in {"train": (24, 1), "test": (6, 2)}.items():
         rows = [{**r, "tags": ",".join(r["tags"])} for r in tagged_rows(n, seed)]
         (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "problem, options, metric",
-    [
-        ("multi_label", ["data.label_column=tags", 'data.label_separator=","'], "f1_micro"),
-        ("regression", ["data.label_column=score", "loss.regression=huber"], "r2"),
-    ],
-)
-def test_train_saves_a_model_of_the_problem_and_its_scores(
-    tmp_path, tiny_checkpoint, tagged_corpus, problem, options, metric
-):
-    run_dir = tmp_path / "run"
-    result = run_cli(
+def problem_run(tagged_corpus, tiny_checkpoint, problem: str) -> list[str]:
+    options, metric = SETTINGS[problem]
+    return [
         "recipe=bert_news",
         f"model.checkpoint={tiny_checkpoint}",
         f"data.path={tagged_corpus}",
         f"problem={problem}",
         *options,
         f"trainer.metric={metric}",
-        "trainer.epochs=2",
-        "trainer.batch_size=8",
         "data.max_length=32",
+        "trainer.batch_size=4",
+        "trainer.epochs=2",
+        "trainer.log_every=1",
         "optimizer.lr=5e-3",
         "trainer.progress=false",
-        f"output_dir={run_dir}",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    ]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_checkpoint, tagged_corpus):
+    """problem -> the directory of its finished run, trained on first use."""
+    runs = {}
+
+    def run_of(problem: str):
+        if problem not in runs:
+            base = tmp_path_factory.mktemp(problem)
+            args = problem_run(tagged_corpus, tiny_checkpoint, problem)
+            result = run_cli(*args, f"output_dir={base / 'run'}", cwd=base)
+            assert result.returncode == 0, result.stderr[-3000:]
+            runs[problem] = base / "run"
+        return runs[problem]
+
+    return run_of
+
+
+@pytest.mark.slow
+@BOTH
+def test_train_saves_a_model_of_the_problem_and_its_scores(finished, problem):
+    metric = SETTINGS[problem][1]
+    run_dir = finished(problem)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["problem"] == problem and metrics["num_examples"] == 18
     assert metric in metrics and metric in metrics["validation"]
@@ -395,20 +419,34 @@ def test_train_saves_a_model_of_the_problem_and_its_scores(
         assert (run_dir / "plots" / "scores.png").exists()
         assert (run_dir / "plots" / "predicted.png").exists()
         assert not (run_dir / "plots" / "confusion_matrix.png").exists()
+
+
+TEXT = "goal chip vote today"
+
+
+def pipeline_scores(model_dir: str) -> dict[str, float]:
+    """What `pipeline()` gives for TEXT, by label; checked against the model's own outputs."""
     from transformers import AutoModelForSequenceClassification, pipeline
 
-    model_dir = str(run_dir / "model")
-    text = "goal chip vote today"
-    scores = pipeline("text-classification", model=model_dir)(text, top_k=None)
+    scores = pipeline("text-classification", model=model_dir)(TEXT, top_k=None)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-    logits = model(**pipeline_inputs(model_dir, text)).logits[0].detach()
-    expected = logits.sigmoid() if problem == "multi_label" else logits  # raw for regression
+    logits = model(**pipeline_inputs(model_dir, TEXT)).logits[0].detach()
+    multi_label = model.config.problem_type == PROBLEMS["multi_label"].problem_type
+    expected = logits.sigmoid() if multi_label else logits  # raw for regression
     by_label = {s["label"]: s["score"] for s in scores}
     for i, label in model.config.id2label.items():
         assert by_label[label] == pytest.approx(expected[i].item(), rel=1e-4)
+    return by_label
 
+
+@pytest.mark.slow
+@BOTH
+def test_pipeline_and_sft_predict_answer_with_the_problems_scores(tmp_path, finished, problem):
+    run_dir = finished(problem)
+    by_label = pipeline_scores(str(run_dir / "model"))
+    config = json.loads((run_dir / "model" / "config.json").read_text())
     out = tmp_path / "predictions.json"
-    predicted = run_cli(str(run_dir), text, "--output", str(out), cwd=tmp_path,
+    predicted = run_cli(str(run_dir), TEXT, "--output", str(out), cwd=tmp_path,
                         module="sft.predict")  # fmt: skip
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     [row] = json.loads(out.read_text())
@@ -418,21 +456,21 @@ def test_train_saves_a_model_of_the_problem_and_its_scores(
     else:
         assert row["score"] == pytest.approx(by_label["score"], rel=1e-4)
 
+
+@pytest.mark.slow
+@BOTH
+def test_evaluate_scores_the_runs_test_split_as_the_run_did(
+    tmp_path, finished, tagged_corpus, problem
+):
     # sft.evaluate on the run's own test split scores as the run did (threshold included).
+    run_dir = finished(problem)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     judged = run_cli(str(run_dir), f"data.path={tagged_corpus}", "test", "--output-dir",
                      str(tmp_path / "judged"), cwd=tmp_path, module="sft.evaluate")  # fmt: skip
     assert judged.returncode == 0, judged.stderr[-3000:]
     again = json.loads((tmp_path / "judged" / "metrics.json").read_text())
     plot = "per_label.png" if problem == "multi_label" else "predicted.png"
     assert (tmp_path / "judged" / plot).exists()
-    check_card_and_push(tmp_path, run_dir, problem, metrics, text)
-
-    exported = run_cli(str(run_dir), "--onnx", cwd=tmp_path, module="sft.export")
-    assert exported.returncode == 0, exported.stderr[-3000:]
-    report = json.loads((run_dir / "onnx" / "export.json").read_text())
-    assert report["max_abs_difference"] <= report["tolerance"] <= 1e-3
-    onnx_config = json.loads((run_dir / "onnx" / "config.json").read_text())
-    assert onnx_config["problem_type"] == PROBLEMS[problem].problem_type
     assert again["problem"] == problem and again["num_examples"] == metrics["num_examples"]
     for key in PROBLEMS[problem].metrics:
         # The tiny model's predictions barely vary, so float32 rounding of the target scale
@@ -441,18 +479,59 @@ def test_train_saves_a_model_of_the_problem_and_its_scores(
         assert again[key] == pytest.approx(metrics[key], **loose), key
 
 
+@pytest.mark.slow
+@BOTH
+def test_the_model_card_and_the_pushed_model_carry_the_problem(tmp_path, finished, problem):
+    run_dir = finished(problem)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    check_card_and_push(tmp_path, run_dir, problem, metrics, TEXT)
+
+
+@pytest.mark.slow
+@BOTH
+def test_export_to_onnx_keeps_the_problem_and_its_outputs(tmp_path, finished, problem):
+    run_dir = Path(shutil.copytree(finished(problem), tmp_path / "run"))  # export writes onnx/
+    exported = run_cli(str(run_dir), "--onnx", cwd=tmp_path, module="sft.export")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    report = json.loads((run_dir / "onnx" / "export.json").read_text())
+    assert report["max_abs_difference"] <= report["tolerance"] <= 1e-3
+    onnx_config = json.loads((run_dir / "onnx" / "config.json").read_text())
+    assert onnx_config["problem_type"] == PROBLEMS[problem].problem_type
+
+
+# `sft.push <run_dir> --repo-id <repo_id>`, then the pushed model loaded back by repo id and the
+# run's own model, each scoring <text> with pipeline(): one JSON line of sorted (label, score)
+# pairs. In a process of its own because huggingface_hub and transformers read HF_ENDPOINT and
+# HF_HUB_OFFLINE when imported; one process for both steps, since both need that environment.
+# A failed push exits 2 with its `error:` line, before any model loads.
+PUSH_THEN_LOAD = """
+import json, sys
+from sft.push import main as push
+run_dir, repo_id, text = sys.argv[1:4]
+push([run_dir, "--repo-id", repo_id])
+from transformers import pipeline
+models = (repo_id, run_dir + "/model")
+scores = [pipeline("text-classification", model=m)(text, top_k=None) for m in models]
+print(json.dumps([sorted((s["label"], s["score"]) for s in each) for each in scores]))
+"""
+
+
 def check_card_and_push(tmp_path, run_dir, problem: str, metrics: dict, text: str) -> None:
     """The model card reports the problem's own scores; the pushed model, loaded back from a
-    real HTTP hub by repo id, scores as the local one."""
+    real HTTP hub by repo id, scores as the local one (push and load in one fresh process:
+    PUSH_THEN_LOAD)."""
     import yaml
 
     from tests.hub_server import HubServer
-    from tests.test_push import TOKEN, hub_env, push
+    from tests.test_push import TOKEN, hub_env
 
     with HubServer(TOKEN) as hub:
         env = hub_env(hub, tmp_path, HF_TOKEN=TOKEN)
-        pushed = push(run_dir, "--repo-id", f"me/{problem}", env=env, cwd=tmp_path)
-        assert pushed.returncode == 0, pushed.stderr[-3000:]
+        checked = subprocess.run(
+            [sys.executable, "-c", PUSH_THEN_LOAD, str(run_dir), f"me/{problem}", text],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert checked.returncode == 0, checked.stderr[-3000:]
         repo = hub.repos[f"me/{problem}"]
         card = repo.files["README.md"].decode()
         meta = yaml.safe_load(card.split("---\n")[1])
@@ -464,22 +543,9 @@ def check_card_and_push(tmp_path, run_dir, problem: str, metrics: dict, text: st
         if problem == "multi_label":
             assert f"above {metrics['multi_label_threshold']:g}" in card
             assert "| sport |" in card  # the per-label report
-        loaded = subprocess.run(
-            [sys.executable, "-c", LOAD_BOTH, f"me/{problem}", str(run_dir / "model"), text],
-            env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-    assert loaded.returncode == 0, loaded.stderr[-3000:]
-    from_hub, local = json.loads(loaded.stdout.strip().splitlines()[-1])
+    from_hub, local = json.loads(checked.stdout.strip().splitlines()[-1])
     assert [label for label, _ in from_hub] == [label for label, _ in local]
     assert [v for _, v in from_hub] == pytest.approx([v for _, v in local], rel=1e-5)
-
-
-LOAD_BOTH = """
-import json, sys
-from transformers import pipeline
-scores = [pipeline("text-classification", model=m)(sys.argv[3], top_k=None) for m in sys.argv[1:3]]
-print(json.dumps([sorted((s["label"], s["score"]) for s in each) for each in scores]))
-"""
 
 
 def pipeline_inputs(model_dir: str, text: str) -> dict:
@@ -513,46 +579,24 @@ def test_keys_of_another_problem_are_refused_up_front(settings, message):
         validate(cfg)
 
 
-def problem_run(tagged_corpus, tiny_checkpoint, problem: str) -> list[str]:
-    options = {
-        "multi_label": ["data.label_column=tags", 'data.label_separator=","'],
-        "regression": ["data.label_column=score"],
-    }[problem]
-    return [
-        "recipe=bert_news",
-        f"model.checkpoint={tiny_checkpoint}",
-        f"data.path={tagged_corpus}",
-        f"problem={problem}",
-        *options,
-        "data.max_length=32",
-        "trainer.batch_size=4",
-        "trainer.epochs=2",
-        "trainer.log_every=1",
-        "optimizer.lr=5e-3",
-        "trainer.progress=false",
-    ]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("problem", ["multi_label", "regression"])
+@BOTH
 def test_a_preempted_run_resumes_to_the_uninterrupted_result(
-    tmp_path, tiny_checkpoint, tagged_corpus, problem
+    tmp_path, tiny_checkpoint, tagged_corpus, finished, problem
 ):
     from tests.test_resume import interrupted, outcome
 
-    common = problem_run(tagged_corpus, tiny_checkpoint, problem)
-    whole = run_cli(*common, f"output_dir={tmp_path / 'whole'}", cwd=tmp_path)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    args = [*common, f"output_dir={tmp_path / 'preempted'}"]
+    args = [*problem_run(tagged_corpus, tiny_checkpoint, problem), f"output_dir={tmp_path / 'run'}"]
+    # The signal is the subject: a process of its own. The resume after it runs here.
     stopped = interrupted("TERM", 5, *args, cwd=tmp_path)
     assert "stopped by SIGTERM at step 5" in stopped.stderr, stopped.stderr[-3000:]
     resumed = run_cli(*args, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert outcome(tmp_path / "preempted") == outcome(tmp_path / "whole")
+    assert outcome(tmp_path / "run") == outcome(finished(problem))  # the uninterrupted run
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("problem", ["multi_label", "regression"])
+@BOTH
 def test_two_processes_score_each_example_once(tmp_path, tiny_checkpoint, tagged_corpus, problem):
     from tests.helpers.distributed import launch
 

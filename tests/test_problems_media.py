@@ -2,7 +2,8 @@
 synthesised pictures holding one or two colours (tags: the colours; score: the brightness) and
 clips holding one or two tones (tags: the tones; score: the loudness), on tiny ViT and wav2vec2
 models; one run caches frozen features (finetune=head_only). Each run's saved model answers
-`pipeline()` with its own sigmoid scores or values, and `sft.predict` agrees."""
+`pipeline()` with its own sigmoid scores or values, and `sft.predict` agrees. Each run is
+trained once, in this process, and read by both checks."""
 
 from __future__ import annotations
 
@@ -31,11 +32,11 @@ def tag_sets(names: list[str], n: int, seed: int) -> list[list[str]]:
     return [sorted(set(rng.choice(names, size=1 + i % 2).tolist())) for i in range(n)]
 
 
-@pytest.fixture
-def tagged_pictures(tmp_path):
+@pytest.fixture(scope="module")
+def tagged_pictures(tmp_path_factory):
     """train/test .jsonl manifests of PNGs: the left and right halves take the colours of the
     row's tags; score: the mean brightness (0..1)."""
-    root = tmp_path / "pictures"
+    root = tmp_path_factory.mktemp("data") / "pictures"
     (root / "img").mkdir(parents=True)
     for split, (n, seed) in {"train": (30, 0), "test": (9, 1)}.items():
         rows = []
@@ -53,10 +54,10 @@ def tagged_pictures(tmp_path):
     return root
 
 
-@pytest.fixture
-def tagged_clips(tmp_path):
+@pytest.fixture(scope="module")
+def tagged_clips(tmp_path_factory):
     """train/test .jsonl manifests of WAVs: the sum of the row's tones; score: the amplitude."""
-    root = tmp_path / "clips"
+    root = tmp_path_factory.mktemp("data") / "clips"
     (root / "wav").mkdir(parents=True)
     rate = 16000
     t = np.arange(int(0.4 * rate)) / rate
@@ -80,7 +81,7 @@ RUNS = {  # recipe, model and data fixtures, the input column, the pipeline's ta
 }
 
 
-@pytest.mark.parametrize(
+CASES = pytest.mark.parametrize(
     "modality, problem, finetune",
     [
         ("image", "multi_label", "full"),
@@ -89,29 +90,45 @@ RUNS = {  # recipe, model and data fixtures, the input column, the pipeline's ta
         ("speech", "regression", "full"),
     ],
 )
-def test_images_and_speech_train_as_text_does(request, tmp_path, modality, problem, finetune):
-    from transformers import AutoModelForAudioClassification, AutoModelForImageClassification
 
-    recipe, checkpoint, data, input_column, task = RUNS[modality]
-    checkpoint, data = request.getfixturevalue(checkpoint), request.getfixturevalue(data)
-    run_dir = tmp_path / "run"
-    column = "data.label_column=" + ("tags" if problem == "multi_label" else "score")
-    result = run_cli(
-        f"recipe={recipe}",
-        f"model.checkpoint={checkpoint}",
-        f"data.path={data}",
-        f"problem={problem}",
-        column,
-        f"finetune={finetune}",
-        "augment=none",  # (features are cached only where no augmentation changes them)
-        "trainer.epochs=3",
-        "trainer.batch_size=8",
-        "optimizer.lr=3e-3",
-        "trainer.progress=false",
-        f"output_dir={run_dir}",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+
+@pytest.fixture(scope="module")
+def finished(request, tmp_path_factory):
+    """(modality, problem, finetune) -> (run directory, data folder), trained on first use."""
+    runs = {}
+
+    def run_of(modality: str, problem: str, finetune: str):
+        key = (modality, problem, finetune)
+        if key not in runs:
+            recipe, checkpoint, data, _, _ = RUNS[modality]
+            checkpoint, data = request.getfixturevalue(checkpoint), request.getfixturevalue(data)
+            base = tmp_path_factory.mktemp(f"{modality}-{problem}")
+            column = "data.label_column=" + ("tags" if problem == "multi_label" else "score")
+            result = run_cli(
+                f"recipe={recipe}",
+                f"model.checkpoint={checkpoint}",
+                f"data.path={data}",
+                f"problem={problem}",
+                column,
+                f"finetune={finetune}",
+                "augment=none",  # (features are cached only where no augmentation changes them)
+                "trainer.epochs=2",  # a second epoch reads the cached features
+                "trainer.batch_size=8",
+                "optimizer.lr=3e-3",
+                "trainer.progress=false",
+                f"output_dir={base / 'run'}",
+                cwd=base,
+            )
+            assert result.returncode == 0, result.stderr[-4000:]
+            runs[key] = base / "run", data
+        return runs[key]
+
+    return run_of
+
+
+@CASES
+def test_images_and_speech_train_as_text_does(finished, modality, problem, finetune):
+    run_dir, _ = finished(modality, problem, finetune)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["problem"] == problem and metrics["split"] == "test"
     assert all(key in metrics for key in PROBLEMS[problem].metrics)
@@ -120,9 +137,24 @@ def test_images_and_speech_train_as_text_does(request, tmp_path, modality, probl
     plot = "per_label.png" if problem == "multi_label" else "predicted.png"
     assert (run_dir / "plots" / plot).exists()
 
-    # The saved model in pipeline(): sigmoid scores (multi-label) or the values (regression).
-    from transformers import AutoFeatureExtractor, AutoImageProcessor, pipeline
 
+@CASES
+def test_the_saved_model_answers_pipeline_and_sft_predict(
+    tmp_path, finished, modality, problem, finetune
+):
+    """The saved model in pipeline(): sigmoid scores (multi-label) or the values (regression);
+    sft.predict labels by the run's threshold, or gives the value."""
+    from transformers import (
+        AutoFeatureExtractor,
+        AutoImageProcessor,
+        AutoModelForAudioClassification,
+        AutoModelForImageClassification,
+        pipeline,
+    )
+
+    run_dir, data = finished(modality, problem, finetune)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    _, _, _, input_column, task = RUNS[modality]
     model_dir = str(run_dir / "model")
     rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
     file = str(data / rows[0][input_column])

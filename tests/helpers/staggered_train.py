@@ -1,5 +1,6 @@
 """`sft.train` with each rank starting LOCAL_RANK * 2 seconds after the previous one, as ranks
-of a slow-to-start cluster job do. Launched by tests through `accelerate launch`."""
+of a slow-to-start cluster job do. Launched by tests through `accelerate launch` (the shared
+two-rank reference run of tests/helpers/distributed.py)."""
 
 import os
 import runpy
