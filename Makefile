@@ -124,7 +124,7 @@ train-tweets: data/trump_tweets/.done  ## MiniLM dates tweets from their text (r
 # ends with the 25 slowest tests and the line coverage of sft/, counted in the test processes and
 # in every process they start, and fails if that coverage falls below COVERAGE_FLOOR (the figure
 # measured before the suite was reorganised, issue 23): a faster suite may not test less.
-COVERAGE_FLOOR ?= 0
+COVERAGE_FLOOR ?= 95.8  # 4,005 of 4,180 lines, measured on 0e0c246 (2026-12-06)
 PYTEST_WORKERS ?= 2
 test: install speech-tools  ## the whole suite, slow end-to-end tests included (~10 min)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=25 \
