@@ -130,7 +130,7 @@ test: install speech-tools  ## the whole suite, slow end-to-end tests included (
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=25 \
 	  --cov=sft --cov-report=term:skip-covered --cov-fail-under=$(COVERAGE_FLOOR) $(ARGS)
 
-test-fast: install  ## the edit loop: tests not marked slow, no coverage (~2 min)
+test-fast: install  ## the edit loop: tests not marked slow, no coverage (~30 s)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" $(ARGS)
 
 bench: install  ## fine-tuning strategies on bert_news, measured (about 30 min on 2 CPU cores)
