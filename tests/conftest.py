@@ -73,14 +73,18 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def text_corpus(tmp_path) -> Path:
-    """A directory with train.csv (60 rows) and test.csv (15 rows), columns text,label."""
-    root = tmp_path / "corpus"
-    root.mkdir()
+def write_text_corpus(root: Path) -> Path:
+    """`root` made a directory with train.csv (60 rows) and test.csv (15 rows), columns
+    text,label: the `text_corpus` fixture's, for module- and session-scoped runs too."""
+    root.mkdir(parents=True)
     pd.DataFrame(make_rows(20, seed=1)).to_csv(root / "train.csv", index=False)
     pd.DataFrame(make_rows(5, seed=2)).to_csv(root / "test.csv", index=False)
     return root
+
+
+@pytest.fixture
+def text_corpus(tmp_path) -> Path:
+    return write_text_corpus(tmp_path / "corpus")
 
 
 # What every finished run leaves in its directory (the processor's file varies by modality).

@@ -18,10 +18,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from tests.conftest import make_rows, run_cli
+from tests.conftest import run_cli, write_text_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -38,10 +37,7 @@ def overrides(base, tiny_checkpoint):
     # The rows of conftest's text_corpus: 54 train rows (after validation's) at batch 8: 7 steps
     # per epoch, 21 in all; checkpoints at steps 3, 6, 7 (epoch end), 9, 12, 14 (epoch end), 15,
     # 18.
-    corpus = base / "corpus"
-    corpus.mkdir()
-    pd.DataFrame(make_rows(20, seed=1)).to_csv(corpus / "train.csv", index=False)
-    pd.DataFrame(make_rows(5, seed=2)).to_csv(corpus / "test.csv", index=False)
+    corpus = write_text_corpus(base / "corpus")
     return [
         "recipe=bert_news",
         f"model.checkpoint={tiny_checkpoint}",

@@ -12,11 +12,10 @@ import csv
 import json
 import shutil
 
-import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import make_rows, run_cli
+from tests.conftest import run_cli, write_text_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -39,11 +38,7 @@ def sweep_args(checkpoint, corpus) -> list[str]:
 def sweep(tmp_path_factory, tiny_checkpoint):
     """(working directory, command line, sweep directory) of the finished four-job sweep."""
     base = tmp_path_factory.mktemp("sweep")
-    corpus = base / "corpus"  # as the text_corpus fixture
-    corpus.mkdir()
-    pd.DataFrame(make_rows(20, seed=1)).to_csv(corpus / "train.csv", index=False)
-    pd.DataFrame(make_rows(5, seed=2)).to_csv(corpus / "test.csv", index=False)
-    args = sweep_args(tiny_checkpoint, corpus)
+    args = sweep_args(tiny_checkpoint, write_text_corpus(base / "corpus"))
     first = run_cli(*args, cwd=base)
     assert first.returncode == 0, first.stderr[-3000:]
     (sweep_dir,) = (base / "multirun").iterdir()

@@ -10,8 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
 STAGGERED = Path(__file__).parent / "staggered_train.py"
 
@@ -71,23 +69,15 @@ def training(checkpoint: Path, corpus: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def write_corpus(root: Path) -> Path:
-    """The conftest's text_corpus (train.csv 60 rows, test.csv 15), for a session-wide run."""
-    from tests.conftest import make_rows
-
-    root.mkdir(parents=True)
-    pd.DataFrame(make_rows(20, seed=1)).to_csv(root / "train.csv", index=False)
-    pd.DataFrame(make_rows(5, seed=2)).to_csv(root / "test.csv", index=False)
-    return root
-
-
 class TwoRanks:
     """The reference run: `training()` on two gloo ranks started 2 s apart (staggered_train.py),
     without an output_dir, so that it also shows that ranks started apart agree on the default
     runs/<date>/<time>. Its launch's output, working directory and corpus come with it."""
 
     def __init__(self, base: Path, checkpoint: Path) -> None:
-        self.base, self.corpus = base, write_corpus(base / "corpus")
+        from tests.conftest import write_text_corpus
+
+        self.base, self.corpus = base, write_text_corpus(base / "corpus")
         self.args = training(checkpoint, self.corpus)[2:]  # the overrides, without -m sft.train
         self.launched = launch(str(STAGGERED), *self.args, cwd=base)
         self.run_dirs = [p for p in (base / "runs").glob("*/*") if p.is_dir()]
