@@ -5,24 +5,27 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, gather_object, parse_flag_from_env
 
 from sft import trackers
-from sft.config import TrainerConfig
+from sft.config import Config
 from sft.errors import SftError
 
 log = logging.getLogger(__name__)
 
 
-def make_accelerator(
-    trainer: TrainerConfig, logger: str, run_dir: str | Path, unfreezes_later: bool
-) -> Accelerator:
-    """Accelerate's engine for a run: precision, accumulation, tracker, DDP settings.
-    `unfreezes_later`: parameters frozen at the start will train (gradual unfreezing)."""
+def make_accelerator(cfg: Config, run_dir: str | Path) -> Accelerator:
+    """Accelerate's engine for a run: precision, accumulation, tracker, DDP settings."""
+    trainer = cfg.trainer
+    unfreezes_later = cfg.finetune.strategy == "gradual"  # frozen parameters will train
     # Checkpoints, the best weights and the saved model need whole weights on every process.
     # Checked as Accelerate reads it, and before it: on a CPU-only machine its FSDP plugin
     # fails with a traceback.
@@ -37,9 +40,10 @@ def make_accelerator(
                 f"training (FSDP, DeepSpeed, Megatron-LM) is not supported; use DDP "
                 f"(accelerate launch --multi_gpu ...) or a single process"
             )
+    chosen = decide_precision(trainer.precision, device_type(), launcher_choice())
     accelerator = Accelerator(
-        mixed_precision=precision(trainer.precision, device_type(), launcher_choice()),
-        log_with=trackers.log_with(logger),
+        mixed_precision=chosen.mixed_precision,
+        log_with=trackers.log_with(cfg.logger.name),
         project_dir=str(run_dir),  # trackers write there
         gradient_accumulation_steps=trainer.grad_accum_steps,
         # Some parameters get no gradient in a step: blocks frozen for a while (gradual),
@@ -54,7 +58,27 @@ def make_accelerator(
     if not accelerator.is_main_process:
         logging.getLogger("sft").setLevel(logging.WARNING)  # one voice: rank zero's
     check_one_run_dir(run_dir)
+    log.info("precision %s (%s)", *chosen.report(accelerator).values())
+    on_cpu = accelerator.device.type == "cpu"
+    if accelerator.mixed_precision == "bf16" and on_cpu and not cpu_bf16_units():
+        log.warning("bf16 on a CPU without bf16 units: expect it to be far slower than fp32")
     return accelerator
+
+
+def autocast(choice: str, device: str) -> AbstractContextManager:
+    """Autocast as `trainer.precision=choice` decides on `device`, for a model that runs outside
+    an Accelerator (sft.predict's pipeline); logs the decision."""
+    chosen = decide_precision(choice, device, None)
+    log.info("precision %s (%s)", named(chosen.mixed_precision), chosen.why)
+    if chosen.mixed_precision == "no":
+        return nullcontext()
+    dtype = torch.bfloat16 if chosen.mixed_precision == "bf16" else torch.float16
+    return torch.autocast(device, dtype=dtype)
+
+
+def precision_report(accelerator: Accelerator, choice: str) -> dict[str, str]:
+    """The precision `accelerator` runs in and why, for metrics.json and the model card."""
+    return decide_precision(choice, accelerator.device.type, launcher_choice()).report(accelerator)
 
 
 def check_one_run_dir(run_dir: str | Path) -> None:
@@ -79,30 +103,82 @@ def device_type() -> str:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).device.type
 
 
-def precision(choice: str, device: str, launched_with: str | None) -> str | None:
+@dataclass(frozen=True)
+class Precision:
+    """What a run computes in, and why: `trainer.precision` decided against the hardware."""
+
+    mixed_precision: str | None  # Accelerate's argument: "no", "bf16", "fp16"; None: the launcher's
+    why: str
+
+    def report(self, accelerator: Accelerator) -> dict[str, str]:
+        """metrics.json's and the history's account: the precision that ran, and why."""
+        return {"precision": named(accelerator.mixed_precision), "precision_reason": self.why}
+
+
+def named(mixed_precision: str) -> str:
+    """Accelerate's mixed_precision as people say it: fp32 for "no"."""
+    return "fp32" if mixed_precision == "no" else mixed_precision
+
+
+def decide_precision(choice: str, device: str, launched_with: str | None) -> Precision:
     """Accelerate's mixed_precision for `trainer.precision` on `device` (Accelerate's device
     type: cuda, mps, xpu, cpu, ...). `launched_with`: the precision `accelerate launch` was told
-    (see `launcher_choice`), which `auto` leaves to Accelerate (None)."""
+    (see `launcher_choice`), which `auto` leaves to Accelerate. On a CPU, `auto` is bf16 only
+    where the CPU has bf16 units (AMX or AVX-512 BF16): elsewhere torch emulates bf16 matmuls,
+    hundreds of times slower than fp32."""
     from accelerate.utils import is_bf16_available
 
     if choice == "auto":
         if launched_with is not None:
-            return None
+            return Precision(None, f"accelerate launch was given mixed_precision={launched_with}")
         if device == "cpu":
-            return "no"  # bf16 matmuls on CPUs without bf16 units run hundreds of times slower
-        return "bf16" if is_bf16_available() else "fp16"
+            units = cpu_bf16_units()
+            if units:
+                return Precision("bf16", f"auto: the CPU ({cpu_name()}) has {units}")
+            return Precision(
+                "no", f"auto: the CPU ({cpu_name()}) has no bf16 units (amx_bf16, avx512_bf16)"
+            )
+        mixed = "bf16" if is_bf16_available() else "fp16"
+        return Precision(mixed, f"auto: {mixed} is what {device} supports best")
+    why = f"trainer.precision={choice}"
     if choice == "fp32":
-        return "no"
+        return Precision("no", why)
     if choice == "fp16" and device == "cpu":
         raise SftError(
             "trainer.precision=fp16 needs an accelerator (CUDA, MPS, XPU, ...); use "
             "trainer.precision=fp32 or auto on CPU"
         )
-    if choice == "bf16" and device == "cpu":
-        log.warning("trainer.precision=bf16 on CPU: expect it to be far slower than fp32")
     if choice in ("bf16", "fp16"):
-        return choice  # Accelerate refuses it on a device that lacks it
+        return Precision(choice, why)  # Accelerate refuses it on a device that lacks it
     raise SftError(f"trainer.precision={choice} is not one of auto, fp32, bf16, fp16")
+
+
+def cpu_bf16_units() -> str | None:
+    """The CPU's bf16 matrix units as its flag names ("amx_bf16", "avx512_bf16"), or None.
+    Not `torch.ops.mkldnn._is_mkldnn_bf16_supported()`: that is true where bf16 is emulated."""
+    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    found = [flag for flag in ("amx_bf16", "avx512_bf16") if capabilities.get(flag)]
+    if not capabilities:  # older torch: its private probes
+        found = [
+            flag
+            for flag, probe in (
+                ("amx_bf16", "_is_amx_tile_supported"),
+                ("avx512_bf16", "_is_avx512_bf16_supported"),
+            )
+            if getattr(torch.cpu, probe, lambda: False)()
+        ]
+    return " and ".join(found) or None
+
+
+def cpu_name() -> str:
+    """The CPU's model name, as /proc/cpuinfo (or the platform) gives it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def launcher_choice() -> str | None:

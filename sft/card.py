@@ -244,6 +244,8 @@ def _hyperparameters(config, metrics: dict) -> str:
         rows.append(f"| `{key}` | `{value}` |")
     rows.append(f"| optimizer steps | {metrics['steps']} (best at {metrics['best_step']}) |")
     rows.append(f"| training time | {metrics['train_seconds']:.0f} s |")
+    if "precision" in metrics:  # runs before sft recorded it have none
+        rows.append(f"| precision | {metrics['precision']} ({metrics['precision_reason']}) |")
     return "\n".join(["## Training hyper-parameters\n", "| key | value |", "|---|---|", *rows, ""])
 
 

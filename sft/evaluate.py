@@ -34,6 +34,7 @@ def evaluate_model(
     from accelerate import Accelerator
 
     from sft import loop, metrics, plots, problems
+    from sft.accelerator import decide_precision, device_type, launcher_choice
     from sft.data.loaders import eval_loader, load_raw_data
     from sft.data.splits import Splits
     from sft.model import resolve
@@ -52,7 +53,8 @@ def evaluate_model(
     ds = _with_targets(raw[split], cfg.data, problem.name, labels, f"{cfg.data.path} ({split})")
     # Inputs encode whole splits; an empty validation split costs nothing.
     encoded = inputs.encode(Splits(ds, ds.select([]), None, labels)).train
-    accelerator = Accelerator()
+    chosen = decide_precision(cfg.trainer.precision, device_type(), launcher_choice())
+    accelerator = Accelerator(mixed_precision=chosen.mixed_precision)
     model, loader = accelerator.prepare(
         model, eval_loader(encoded, inputs, cfg.trainer.eval_batch_size)
     )
@@ -72,6 +74,7 @@ def evaluate_model(
         "loss": result.loss,
         "seconds": seconds,  # forward passes and scores: loading and encoding excluded
         "examples_per_s": len(encoded) / seconds,
+        **chosen.report(accelerator),
     }
     name = Path(cfg.data.path).name or "data"
     parent = found.run.evaluations if found.run is not None else Path("evaluations")
@@ -79,7 +82,8 @@ def evaluate_model(
     plots.plot_outcome(report, result.predictions, result.references, f"{name} {split}", out)
     write_json(out / "metrics.json", report)
     scores = ", ".join(f"{k} {report[k]:.4f}" for k in problem.metrics)
-    log.info("%s %s: %s on %d examples -> %s", name, split, scores, report["num_examples"], out)
+    examples, ran = report["num_examples"], report["precision"]
+    log.info("%s %s: %s on %d examples (%s) -> %s", name, split, scores, examples, ran, out)
     return report
 
 

@@ -2,6 +2,7 @@
 
     python -m sft.predict <run_dir | model_dir | hub id> <inputs...> [--top-k 3]
         [--column text] [--output predictions.csv | predictions.json] [--batch-size 32]
+        [--precision auto | fp32 | bf16]
 
 Inputs are text strings, text files, image or audio files, directories of them, or CSV / TSV /
 JSON / JSONL / Parquet tables with a column of texts or file paths (relative to the table).
@@ -192,19 +193,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--column", help="the input column of tables (default: the run's)")
     parser.add_argument("--output", type=Path, help="write .csv or .json instead of printing")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="as trainer.precision: auto is bf16 where the CPU or GPU has bf16 units",
+    )
     parser.add_argument("--no-progress", action="store_true")
     cli.run(parser, predict, argv)
 
 
 def predict(args) -> None:
+    from sft.accelerator import autocast
+
     model = resolve(args.model)
     default_column = getattr(DataConfig(), model.modality.column_key)
     column = args.column or model.column or default_column
     items = collect(args.inputs, model.modality, column)
     classifier = load_pipeline(model)
-    rows = classify(
-        classifier, model.modality, items, args.top_k, args.batch_size, not args.no_progress
-    )
+    with autocast(args.precision, classifier.device.type):
+        rows = classify(
+            classifier, model.modality, items, args.top_k, args.batch_size, not args.no_progress
+        )
     write(rows, args.output)
 
 

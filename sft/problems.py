@@ -295,4 +295,5 @@ def summary(result: dict[str, Any]) -> str:
     return (
         f"{result['split']}: {scores} on {result['num_examples']} examples; trained "
         f"{result['steps']} steps in {result['train_seconds']:.0f} s"
+        + (f" ({result['precision']})" if "precision" in result else "")
     )

@@ -56,8 +56,7 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     cfg.trainer.metric = problems.get(cfg.problem).metric(cfg.trainer.metric)  # auto resolved
     if cfg.push_to_hub and not cfg.dry_run:
         hub.check_online()  # fail now, not after training
-    gradual = cfg.finetune.strategy == "gradual"
-    accelerator = make_accelerator(cfg.trainer, cfg.logger.name, run_dir, unfreezes_later=gradual)
+    accelerator = make_accelerator(cfg, run_dir)
     set_seed(cfg.seed)
     out = RunDir(run_dir)
     if accelerator.is_main_process:
@@ -145,6 +144,7 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
     and test; returns the metrics and the final (predictions, references). SIGTERM or Ctrl-C
     ends it with `Preempted` after a checkpoint."""
     from sft import loop, optim, problems, trackers
+    from sft.accelerator import precision_report
     from sft.checkpoint import Preemption
 
     t = cfg.trainer
@@ -219,6 +219,7 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
         "best_step": outcome.best.step,
         "steps": outcome.steps,
         **outcome.timings(),
+        **precision_report(accelerator, t.precision),
     }
     if job.cache is not None and job.cache.features:
         result["feature_cache_seconds"] = round(job.cache.seconds, 1)  # spent before training
@@ -238,8 +239,7 @@ def finish(
         processor.save_pretrained(directory)
 
     out.write_results(save, result, final)
-    log.info(problems.summary(result))
-    log.info("run directory: %s", out.root)
+    log.info("%s; run directory: %s", problems.summary(result), out.root)
     if cfg.push_to_hub:
         from sft.hub import push_finished
 

@@ -1,5 +1,6 @@
 """Precision: `trainer.precision=auto` decides only when nobody else did — not the launcher's
-flag, not `accelerate config` — and fp16 is refused on CPU only."""
+flag, not `accelerate config` — from what the hardware has: bf16 on a CPU with bf16 units, fp32
+on one without, mixed on an accelerator; fp16 is refused on CPU only."""
 
 from __future__ import annotations
 
@@ -9,19 +10,69 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from sft.accelerator import precision, told_no
+from sft import accelerator as engine
+from sft.accelerator import cpu_bf16_units, decide_precision, told_no
 from sft.errors import SftError
 
 
-def test_auto_is_fp32_on_cpu_and_mixed_on_an_accelerator():
+def precision(choice: str, device: str, launched_with: str | None) -> str | None:
+    return decide_precision(choice, device, launched_with).mixed_precision
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "units", "expected"),
+    [
+        ({"amx_bf16": True, "avx512_bf16": True}, "amx_bf16 and avx512_bf16", "bf16"),
+        ({"amx_bf16": False, "avx512_bf16": True}, "avx512_bf16", "bf16"),  # e.g. AMD Zen 4
+        ({"amx_bf16": False, "avx512_bf16": False, "avx2": True}, None, "no"),  # emulated bf16
+    ],
+)
+def test_auto_on_cpu_follows_the_bf16_units(monkeypatch, capabilities, units, expected):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    assert cpu_bf16_units() == units
+    chosen = decide_precision("auto", "cpu", None)
+    assert chosen.mixed_precision == expected
+    assert engine.cpu_name() in chosen.why  # the log and metrics.json name the CPU...
+    assert (units or "no bf16 units") in chosen.why  # ...and the flag that decided
+
+
+def test_older_torch_without_get_capabilities_asks_its_private_probes(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert cpu_bf16_units() == "avx512_bf16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert cpu_bf16_units() is None
+
+
+def test_mkldnns_bf16_claim_does_not_count(monkeypatch):
+    """oneDNN says bf16 is supported on CPUs that only emulate it: auto must not believe it."""
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True})
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     assert precision("auto", "cpu", None) == "no"
+
+
+def test_forced_choices_hold_whatever_the_cpu_has(monkeypatch):
+    for capabilities in ({"amx_bf16": True}, {"avx2": True}):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda c=capabilities: c)
+        assert precision("fp32", "cpu", None) == "no"
+        assert precision("bf16", "cpu", None) == "bf16"
+        assert decide_precision("bf16", "cpu", None).why == "trainer.precision=bf16"
+
+
+def test_auto_is_mixed_on_an_accelerator():
     assert precision("auto", "cuda", None) in ("bf16", "fp16")
 
 
-def test_auto_leaves_the_launchers_choice_to_accelerate():
-    for told in ("no", "fp16", "bf16"):
-        assert precision("auto", "cuda", told) is None
+def test_auto_leaves_the_launchers_choice_to_accelerate(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
+    for device in ("cuda", "cpu"):
+        for told in ("no", "fp16", "bf16"):
+            chosen = decide_precision("auto", device, told)
+            assert chosen.mixed_precision is None
+            assert f"mixed_precision={told}" in chosen.why
 
 
 def test_explicit_choices_and_what_is_refused():
@@ -32,6 +83,17 @@ def test_explicit_choices_and_what_is_refused():
         precision("fp16", "cpu", None)
     with pytest.raises(SftError, match="not one of"):
         precision("fp8", "cuda", None)
+
+
+def test_autocast_outside_an_accelerator_follows_the_decision(monkeypatch):
+    linear = torch.nn.Linear(4, 2)
+    x = torch.randn(3, 4)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
+    with engine.autocast("auto", "cpu"):
+        assert linear(x).dtype == torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True})
+    with engine.autocast("auto", "cpu"):
+        assert linear(x).dtype == torch.float32
 
 
 def test_told_no_by_flag_or_config_file_not_by_default(tmp_path):
