@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, gather_object, parse_flag_from_env
 
 from sft import trackers
@@ -41,7 +42,7 @@ def make_accelerator(cfg: Config, run_dir: str | Path) -> Accelerator:
                 f"(accelerate launch --multi_gpu ...) or a single process"
             )
     chosen = decide_precision(trainer.precision, device_type(), launcher_choice())
-    accelerator = Accelerator(
+    accelerator = fresh_accelerator(
         mixed_precision=chosen.mixed_precision,
         log_with=trackers.log_with(cfg.logger.name),
         project_dir=str(run_dir),  # trackers write there
@@ -60,8 +61,8 @@ def make_accelerator(cfg: Config, run_dir: str | Path) -> Accelerator:
     check_one_run_dir(run_dir)
     log.info("precision %s (%s)", *chosen.report(accelerator).values())
     on_cpu = accelerator.device.type == "cpu"
-    if accelerator.mixed_precision == "bf16" and on_cpu and not cpu_bf16_units():
-        log.warning("bf16 on a CPU without bf16 units: expect it to be far slower than fp32")
+    if accelerator.mixed_precision == "bf16" and on_cpu and "amx_bf16" not in cpu_bf16_units():
+        log.warning("bf16 on a CPU without AMX: expect it to be slower than fp32")
     return accelerator
 
 
@@ -74,6 +75,15 @@ def autocast(choice: str, device: str) -> AbstractContextManager:
         return nullcontext()
     dtype = torch.bfloat16 if chosen.mixed_precision == "bf16" else torch.float16
     return torch.autocast(device, dtype=dtype)
+
+
+def fresh_accelerator(**settings) -> Accelerator:
+    """`Accelerator(**settings)`, whatever an earlier one in this process chose. Accelerate
+    keeps its state per process and refuses a second precision, yet a sweep runs its jobs one
+    after another in one process (`trainer.precision=fp32,bf16`). The processes and their group
+    (PartialState) stay."""
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(**settings)
 
 
 def precision_report(accelerator: Accelerator, choice: str) -> dict[str, str]:
@@ -124,8 +134,10 @@ def decide_precision(choice: str, device: str, launched_with: str | None) -> Pre
     """Accelerate's mixed_precision for `trainer.precision` on `device` (Accelerate's device
     type: cuda, mps, xpu, cpu, ...). `launched_with`: the precision `accelerate launch` was told
     (see `launcher_choice`), which `auto` leaves to Accelerate. On a CPU, `auto` is bf16 only
-    where the CPU has bf16 units (AMX or AVX-512 BF16): elsewhere torch emulates bf16 matmuls,
-    hundreds of times slower than fp32."""
+    where the CPU has AMX tiles for bf16: there a MiniLM step runs 1.5x faster than in fp32.
+    With AVX-512 BF16 alone, bf16 measured slower than fp32 (0.77x a MiniLM step, 0.55x a
+    Whisper step: oneDNN limited to that ISA on an AMX machine); with neither, torch emulates
+    bf16 hundreds of times slower. BENCHMARKS.md has the figures."""
     from accelerate.utils import is_bf16_available
 
     if choice == "auto":
@@ -133,11 +145,10 @@ def decide_precision(choice: str, device: str, launched_with: str | None) -> Pre
             return Precision(None, f"accelerate launch was given mixed_precision={launched_with}")
         if device == "cpu":
             units = cpu_bf16_units()
-            if units:
-                return Precision("bf16", f"auto: the CPU ({cpu_name()}) has {units}")
-            return Precision(
-                "no", f"auto: the CPU ({cpu_name()}) has no bf16 units (amx_bf16, avx512_bf16)"
-            )
+            if "amx_bf16" in units:
+                return Precision("bf16", f"auto: the CPU ({cpu_name()}) has amx_bf16")
+            missing = "no AMX (avx512_bf16 alone is slower than fp32)" if units else "no bf16 units"
+            return Precision("no", f"auto: the CPU ({cpu_name()}) has {missing}")
         mixed = "bf16" if is_bf16_available() else "fp16"
         return Precision(mixed, f"auto: {mixed} is what {device} supports best")
     why = f"trainer.precision={choice}"
@@ -153,21 +164,17 @@ def decide_precision(choice: str, device: str, launched_with: str | None) -> Pre
     raise SftError(f"trainer.precision={choice} is not one of auto, fp32, bf16, fp16")
 
 
-def cpu_bf16_units() -> str | None:
-    """The CPU's bf16 matrix units as its flag names ("amx_bf16", "avx512_bf16"), or None.
-    Not `torch.ops.mkldnn._is_mkldnn_bf16_supported()`: that is true where bf16 is emulated."""
-    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-    found = [flag for flag in ("amx_bf16", "avx512_bf16") if capabilities.get(flag)]
-    if not capabilities:  # older torch: its private probes
-        found = [
-            flag
-            for flag, probe in (
-                ("amx_bf16", "_is_amx_tile_supported"),
-                ("avx512_bf16", "_is_avx512_bf16_supported"),
-            )
-            if getattr(torch.cpu, probe, lambda: False)()
-        ]
-    return " and ".join(found) or None
+def cpu_bf16_units() -> list[str]:
+    """The CPU's bf16 units by their flag names: "amx_bf16", "avx512_bf16" or neither. Not
+    `torch.ops.mkldnn._is_mkldnn_bf16_supported()`: that is true where bf16 is emulated."""
+    if hasattr(torch.cpu, "get_capabilities"):
+        capabilities = torch.cpu.get_capabilities()
+    else:  # older torch: its private probes
+        capabilities = {
+            "amx_bf16": getattr(torch.cpu, "_is_amx_tile_supported", bool)(),
+            "avx512_bf16": getattr(torch.cpu, "_is_avx512_bf16_supported", bool)(),
+        }
+    return [flag for flag in ("amx_bf16", "avx512_bf16") if capabilities.get(flag)]
 
 
 def cpu_name() -> str:

@@ -31,10 +31,8 @@ def evaluate_model(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Metrics of the model in `source` on the data the overrides name; writes them out."""
-    from accelerate import Accelerator
-
     from sft import loop, metrics, plots, problems
-    from sft.accelerator import decide_precision, device_type, launcher_choice
+    from sft.accelerator import decide_precision, device_type, fresh_accelerator, launcher_choice
     from sft.data.loaders import eval_loader, load_raw_data
     from sft.data.splits import Splits
     from sft.model import resolve
@@ -54,7 +52,7 @@ def evaluate_model(
     # Inputs encode whole splits; an empty validation split costs nothing.
     encoded = inputs.encode(Splits(ds, ds.select([]), None, labels)).train
     chosen = decide_precision(cfg.trainer.precision, device_type(), launcher_choice())
-    accelerator = Accelerator(mixed_precision=chosen.mixed_precision)
+    accelerator = fresh_accelerator(mixed_precision=chosen.mixed_precision)
     model, loader = accelerator.prepare(
         model, eval_loader(encoded, inputs, cfg.trainer.eval_batch_size)
     )

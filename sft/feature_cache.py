@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import datasets
@@ -88,6 +88,7 @@ class FeatureCache:
         self.served = False
         self.seconds = 0.0  # time spent building
         self._handles: list[Any] = []
+        self._autocast: Callable[[], AbstractContextManager] = nullcontext  # see `fill`
 
     @classmethod
     def create(
@@ -136,10 +137,14 @@ class FeatureCache:
         device: torch.device,
         max_gib: float,
         progress: bool = True,
+        autocast: Callable[[], AbstractContextManager] = nullcontext,
     ) -> bool:
         """Compute the features of every indexed example (train and validation). Examples are
-        collated alone (no padding but their own) and run in batches of equal shapes. Returns
-        False, logging why, when cached features would differ from the model's own."""
+        collated alone (no padding but their own) and run in batches of equal shapes, the model
+        within `autocast()` (the precision training runs it in; not the collator: a processor's
+        own arithmetic, Whisper's log-mel, stays fp32). Returns False, logging why, when cached
+        features would differ from the model's own."""
+        self._autocast = autocast
         ds = datasets.concatenate_datasets([splits.train, splits.validation])
         # Collators and DataLoaders draw from torch's global RNG; training must see it untouched.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -230,7 +235,8 @@ class FeatureCache:
 
         handle = self.frozen[-1].register_forward_hook(stop)
         try:
-            self.model(**_model_inputs(batch, device))
+            with self._autocast():
+                self.model(**_model_inputs(batch, device))
         except _Reached:
             pass
         finally:

@@ -4,6 +4,7 @@ the fine-tuned models that predict, evaluate and export find in run directories 
 from __future__ import annotations
 
 import logging
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +105,24 @@ def load_classifier(
                 f"convolutional feature encoder; set it to false"
             )
         model.freeze_feature_encoder()
+    return head_in_fp32(model)
+
+
+def head_in_fp32(model: torch.nn.Module) -> torch.nn.Module:
+    """`model`, its output layer computing in fp32 under autocast (bf16 everywhere else). The
+    logits feed losses, thresholds and scores, and a regression head with the target scale
+    folded in (sft.problems) outputs values such as years, which bf16 rounds to multiples of 8.
+    The layer is a sliver of the work. A copy of the layer (peft's trained head) keeps it."""
+    layers = _output_layers(model, model.config.num_labels)
+    if layers:
+        layers[-1].forward = types.MethodType(_fp32_linear, layers[-1])
     return model
+
+
+def _fp32_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    bias = None if self.bias is None else self.bias.float()
+    with torch.autocast(x.device.type, enabled=False):
+        return torch.nn.functional.linear(x.float(), self.weight.float(), bias)
 
 
 def _start_head_bias(model: PreTrainedModel, loading: dict, bias: np.ndarray) -> None:
@@ -148,7 +166,7 @@ class TrainedModel:
         return modalities.get(self.task)
 
     def load(self) -> PreTrainedModel:
-        return self.modality.auto_class.from_pretrained(self.ref)
+        return head_in_fp32(self.modality.auto_class.from_pretrained(self.ref))
 
     def load_processor(self):
         return self.modality.load_processor(self.ref)
@@ -185,14 +203,18 @@ def output_layer(model: torch.nn.Module, outputs: int, otherwise: str) -> torch.
     """The linear layer whose outputs are `model`'s logits: the last one registered with
     `outputs` features and a bias (in a peft model, the trained copy of the head). `otherwise`:
     the setting that avoids needing one, named in the error."""
-    found = [
-        m
-        for m in model.modules()
-        if isinstance(m, torch.nn.Linear) and m.out_features == outputs and m.bias is not None
-    ]
+    found = _output_layers(model, outputs)
     if not found:
         raise SftError(
             f"{type(model).__name__} has no linear output layer of {outputs} features with a "
             f"bias to fold the target scale into; set {otherwise}"
         )
     return found[-1]
+
+
+def _output_layers(model: torch.nn.Module, outputs: int) -> list[torch.nn.Linear]:
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.Linear) and m.out_features == outputs and m.bias is not None
+    ]

@@ -24,7 +24,7 @@ from sft.config import DataConfig
 from sft.data.sources import FORMATS, MEDIA
 from sft.errors import SftError, first_line
 from sft.modalities import Modality
-from sft.model import TrainedModel, resolve
+from sft.model import TrainedModel, head_in_fp32, resolve
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,7 @@ def predict(args) -> None:
     column = args.column or model.column or default_column
     items = collect(args.inputs, model.modality, column)
     classifier = load_pipeline(model)
+    head_in_fp32(classifier.model)
     with autocast(args.precision, classifier.device.type):
         rows = classify(
             classifier, model.modality, items, args.top_k, args.batch_size, not args.no_progress

@@ -157,15 +157,15 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
         progress = checkpoints.load(resume_from, t.metric)
         log.info("resuming from %s (step %d, epoch %d)", resume_from, progress.step, progress.epoch)
     if job.cache is not None:  # every process caches every example: keys are global
-        with accelerator.autocast():  # the precision training would compute them in
-            job.cache.fill(
-                job.splits,
-                job.inputs.collator(train=False),
-                t.eval_batch_size,
-                accelerator.device,
-                cfg.finetune.cache_max_gib,
-                progress=t.progress and accelerator.is_main_process,
-            )
+        job.cache.fill(
+            job.splits,
+            job.inputs.collator(train=False),
+            t.eval_batch_size,
+            accelerator.device,
+            cfg.finetune.cache_max_gib,
+            progress=t.progress and accelerator.is_main_process,
+            autocast=accelerator.autocast,  # the precision training computes them in
+        )
     record = trackers.recorder(accelerator, out)
 
     def on_epoch(epoch: int, resumed: bool) -> None:

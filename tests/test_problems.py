@@ -445,9 +445,9 @@ def test_pipeline_and_sft_predict_answer_with_the_problems_scores(tmp_path, fini
     run_dir = finished(problem)
     by_label = pipeline_scores(str(run_dir / "model"))
     config = json.loads((run_dir / "model" / "config.json").read_text())
-    out = tmp_path / "predictions.json"
-    predicted = run_cli(str(run_dir), TEXT, "--output", str(out), cwd=tmp_path,
-                        module="sft.predict")  # fmt: skip
+    out = tmp_path / "predictions.json"  # in fp32, as the pipeline above
+    predicted = run_cli(str(run_dir), TEXT, "--output", str(out), "--precision", "fp32",
+                        cwd=tmp_path, module="sft.predict")  # fmt: skip
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     [row] = json.loads(out.read_text())
     if problem == "multi_label":

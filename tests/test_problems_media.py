@@ -179,9 +179,9 @@ def test_the_saved_model_answers_pipeline_and_sft_predict(
     for i, label in model.config.id2label.items():
         assert by_label[label] == pytest.approx(expected[i].item(), rel=1e-4, abs=1e-6)
 
-    out = tmp_path / "predictions.json"
-    predicted = run_cli(str(run_dir), file, "--output", str(out), cwd=tmp_path,
-                        module="sft.predict")  # fmt: skip
+    out = tmp_path / "predictions.json"  # in fp32, as the pipeline above
+    predicted = run_cli(str(run_dir), file, "--output", str(out), "--precision", "fp32",
+                        cwd=tmp_path, module="sft.predict")  # fmt: skip
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     [row] = json.loads(out.read_text())
     if problem == "multi_label":

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from sft.accelerator import cpu_bf16_units
 from tests.conftest import run_cli, write_text_corpus
 
 pytestmark = pytest.mark.slow
@@ -209,3 +210,17 @@ def test_resume_never_starts_over(tmp_path, overrides, stopped):
     assert "resuming from" not in fresh.stdout + fresh.stderr
     rows, _ = outcome(run_dir)
     assert rows[0]["step"] == 2 and len([r for r in rows if r["kind"] == "eval"]) == 3
+
+
+@pytest.mark.skipif(
+    "amx_bf16" not in cpu_bf16_units(), reason="no AMX: the stopped run ran in fp32 (auto)"
+)
+def test_a_bf16_checkpoint_resumes_in_fp32(tmp_path, overrides, uninterrupted, stopped):
+    run_dir = copy_of(stopped["TERM"], tmp_path)  # stopped at step 5, in bf16 (auto)
+    resumed = run_cli(*overrides, f"output_dir={run_dir}", "trainer.precision=fp32", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    metrics, reference = outcome(run_dir)[1], outcome(uninterrupted)[1]
+    assert (reference["precision"], metrics["precision"]) == ("bf16", "fp32")
+    assert metrics["steps"] == reference["steps"] == 21
+    assert metrics["accuracy"] == pytest.approx(reference["accuracy"], abs=0.1)

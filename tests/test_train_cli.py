@@ -83,6 +83,7 @@ def test_multirun_gives_each_job_its_own_run_directory(tmp_path, tiny_checkpoint
     # dry_run: each job composes its config, builds data and model and writes its run directory
     # (config.yaml, param_groups.json), then stops before training. Jobs that train to the end
     # in their directories are test_sweep.py's sweep, which checks the same of each of them.
+    # The jobs run one after another in this process, each in its own precision.
     sweep = tmp_path / "sweep"
     result = run_cli(
         "-m",
@@ -92,13 +93,17 @@ def test_multirun_gives_each_job_its_own_run_directory(tmp_path, tiny_checkpoint
         "data.max_length=32",
         "dry_run=true",
         "optimizer.lr=1e-3,2e-3",
+        "trainer.precision=bf16,fp32",
         f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    for job, lr in (("0", 1e-3), ("1", 2e-3)):
+    jobs = [("0", 1e-3, "bf16"), ("1", 1e-3, "fp32"), ("2", 2e-3, "bf16"), ("3", 2e-3, "fp32")]
+    for job, lr, precision in jobs:
         saved = yaml.safe_load((sweep / job / "config.yaml").read_text())
-        assert saved["optimizer"]["lr"] == lr
+        assert saved["optimizer"]["lr"] == lr and saved["trainer"]["precision"] == precision
+        log = (sweep / job / "train.log").read_text()
+        assert f"precision {precision} (trainer.precision={precision})" in log
         assert saved["output_dir"] == str(sweep / job)
         groups = json.loads((sweep / job / "param_groups.json").read_text())
         assert groups, "each job built its own model and optimizer in its own directory"
