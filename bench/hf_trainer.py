@@ -3,13 +3,14 @@ baseline that bench/compare.py times sft against.
 
     python bench/hf_trainer.py --data DIR --checkpoint DIR --out DIR [--finetune head_only]
 
-Reads DIR/train.csv and DIR/test.csv (columns text, label), as sft's `data.path=DIR` does;
-tokenizes with truncation at --max-length and pads each batch to its longest text
-(DataCollatorWithPadding, Trainer's default with a tokenizer); trains with AdamW, linear decay
-after a warm-up share, weight decay on weights only, no checkpoints and no evaluation while
-training; then evaluates on test (alone with --evaluate-only, --checkpoint being a fine-tuned
-model). Writes OUT/result.json: train and eval samples/s, accuracy,
-macro-F1, the time of the first step (epoch seconds) and peak RSS.
+At its defaults (fp32 on a CPU, random batches), or at its best for the CPU at hand (--bf16
+where the CPU has AMX, --group-by-length). Reads DIR/train.csv and DIR/test.csv (columns text,
+label), as sft's `data.path=DIR` does; tokenizes with truncation at --max-length and pads each
+batch to its longest text (DataCollatorWithPadding, Trainer's default with a tokenizer); trains
+with AdamW, linear decay after a warm-up share, weight decay on weights only, no checkpoints and
+no evaluation while training; then evaluates on test (alone with --evaluate-only, --checkpoint
+being a fine-tuned model). Writes OUT/result.json: train and eval samples/s, accuracy, macro-F1,
+the time of the first step (epoch seconds) and peak RSS.
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--warmup-ratio", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision (a GPU)")
+    parser.add_argument(
+        "--bf16", action="store_true", help="bf16 mixed precision (a GPU, or a CPU with AMX)"
+    )
+    parser.add_argument(
+        "--group-by-length",
+        action="store_true",
+        help="batches of similar lengths (train_sampling_strategy=group_by_length)",
+    )
     parser.add_argument(
         "--evaluate-only", action="store_true", help="--checkpoint is fine-tuned: predict test"
     )
@@ -108,7 +116,8 @@ def main() -> None:
         logging_strategy="no",
         report_to=[],
         seed=args.seed,
-        bf16=args.bf16,  # the GPU when there is one (Trainer's default), as sft
+        bf16=args.bf16,  # on the CPU too when asked: Trainer never chooses it by itself
+        train_sampling_strategy="group_by_length" if args.group_by_length else "random",
         disable_tqdm=True,
     )
     trainer = Trainer(

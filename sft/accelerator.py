@@ -121,7 +121,7 @@ class Precision:
     why: str
 
     def report(self, accelerator: Accelerator) -> dict[str, str]:
-        """metrics.json's and the history's account: the precision that ran, and why."""
+        """For metrics.json, the summary line and the card: the precision that ran, and why."""
         return {"precision": named(accelerator.mixed_precision), "precision_reason": self.why}
 
 

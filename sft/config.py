@@ -141,8 +141,8 @@ class TrainerConfig:
     eval_batch_size: int = 64
     grad_accum_steps: int = 1  # the optimizer steps every N batches
     max_grad_norm: float = 1.0  # clip gradients at this norm, or disable with 0
-    # auto | fp32 | bf16 | fp16; auto = fp32 on CPU (bf16 is hundreds of times slower there),
-    # bf16/fp16 on GPU
+    # auto | fp32 | bf16 | fp16; auto = bf16 on a CPU with AMX, fp32 on other CPUs (bf16 is
+    # slower there: emulated, or AVX-512 BF16 alone), bf16/fp16 on GPU (sft.accelerator)
     precision: str = "auto"
     eval_every: int | None = None  # evaluate every N optimizer steps; None = each epoch end
     log_every: int = 10  # optimizer steps between history records

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from transformers import AutoConfig, PreTrainedModel
 
 from sft import modalities
+from sft.dropout import use_fast_dropout
 from sft.errors import SftError, from_checkpoint
 from sft.modalities import Modality
 from sft.run_dir import RunDir
@@ -105,7 +106,7 @@ def load_classifier(
                 f"convolutional feature encoder; set it to false"
             )
         model.freeze_feature_encoder()
-    return head_in_fp32(model)
+    return use_fast_dropout(head_in_fp32(model))
 
 
 def head_in_fp32(model: torch.nn.Module) -> torch.nn.Module:

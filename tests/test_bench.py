@@ -1,8 +1,8 @@
 """The benchmark harnesses run end to end, so that they cannot rot: the side-by-side harness
 (bench/compare.py) on a tiny training job and a tiny evaluation job, sft and the stock Trainer
-(bench/hf_trainer.py) each once, on the tiny BERT; and the start-up benchmark (bench/startup.py)
-on an empty and a warm cache. They check that both tools ran and that the reports hold every
-measure; how fast is the benchmarks' to say.
+(bench/hf_trainer.py) at its defaults and at its best for the CPU, each once, on the tiny BERT;
+and the start-up benchmark (bench/startup.py) on an empty and a warm cache. They check that the
+tools ran and that the reports hold every measure; how fast is the benchmarks' to say.
 
 The harnesses are scripts that start their own processes one after another: both are started
 at once, when the first test begins, each process with one thread (the two share the cores),
@@ -17,7 +17,10 @@ import sys
 
 import pytest
 
+from sft.accelerator import cpu_bf16_units, cpu_name
 from tests.conftest import ROOT
+
+AUTO = "bf16" if "amx_bf16" in cpu_bf16_units() else "fp32"  # sft's precision=auto here
 
 pytestmark = pytest.mark.slow
 
@@ -68,10 +71,16 @@ def finished(harness) -> tuple:
 def test_the_side_by_side_harness_runs_both_tools_and_reports(harnesses):
     out = finished(harnesses["compare"])
     results = json.loads((out / "results.json").read_text())
-    assert results["matmul_gflops"] > 0
+    assert results["matmul_gflops"]["fp32"] > 0
+    assert cpu_name() in results["machine"]
     train, evaluation = results["jobs"]["smoke"], results["jobs"]["smoke evaluate"]
     assert train["gflop_per_example"] > 0
-    for tool in ("sft", "trainer"):
+    # Trainer at its defaults, and at its best for this CPU; sft at its own defaults.
+    assert train["trainer"]["precision"] == "fp32"
+    assert train["trainer-best"]["precision"] == train["sft"]["precision"] == AUTO
+    if AUTO == "bf16":
+        assert results["matmul_gflops"]["bf16"] > results["matmul_gflops"]["fp32"]
+    for tool in ("sft", "trainer", "trainer-best"):
         measured = train[tool]
         assert measured["train_samples_per_second"] > 0 and measured["wall_seconds"] > 0
         assert 0 < measured["startup_seconds"] < measured["wall_seconds"]
@@ -85,6 +94,7 @@ def test_the_side_by_side_harness_runs_both_tools_and_reports(harnesses):
     assert len((out / "data" / "short-24-40" / "test.csv").read_text().splitlines()) == 41
     table = (out / "results.md").read_text()
     assert "| smoke | sft |" in table and "| smoke | trainer |" in table
+    assert f"| smoke | trainer-best | {AUTO} |" in table and results["machine"] in table
     assert "| smoke evaluate | sft |" in table and "eval samples/s" in table
 
 
