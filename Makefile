@@ -11,7 +11,7 @@ IMAGE_RECIPE ?= vit_fashion_mnist
 
 .PHONY: install lock train test test-fast lint format bench bench-images clean data-images train-images \
 	train-images-small data-speech train-speech train-speech-small speech-tools bench-speech bench-compare \
-	bench-startup bench-gpu data-tags train-tags data-tweets train-tweets
+	bench-startup bench-gpu bench-precision data-tags train-tags data-tweets train-tweets
 
 install: $(STAMP)
 
@@ -135,6 +135,9 @@ test-fast: install  ## the edit loop: tests not marked slow, no coverage (~30 s)
 
 bench: install  ## fine-tuning strategies on bert_news, measured (about 30 min on 2 CPU cores)
 	$(BIN)/python bench/strategies.py $(ARGS)
+
+bench-precision: install data-images data-speech  ## fp32 vs bf16 and fast dropout, per architecture (~5 min)
+	$(BIN)/python bench/precision.py $(ARGS)
 
 bench-compare: install  ## sft beside the stock HF Trainer on the same jobs (~40 min): BENCHMARKS.md
 	$(BIN)/python bench/compare.py $(ARGS)

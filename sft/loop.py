@@ -17,6 +17,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from sft.accelerator import named
 from sft.config import TrainerConfig
 from sft.finetune import train_mode
 from sft.problems import PROBLEMS, Problem
@@ -275,6 +276,8 @@ def _train_row(accelerator, p: Progress, scheduler, examples_per_s) -> dict:
         "loss": loss,
         "lr": scheduler.get_last_lr()[0],
         "examples_per_s": examples_per_s,  # training only: evaluation time excluded
+        # A run resumed in another precision shows where it changed
+        "precision": named(accelerator.mixed_precision),
     }
 
 

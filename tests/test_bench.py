@@ -1,12 +1,13 @@
 """The benchmark harnesses run end to end, so that they cannot rot: the side-by-side harness
 (bench/compare.py) on a tiny training job and a tiny evaluation job, sft and the stock Trainer
 (bench/hf_trainer.py) at its defaults and at its best for the CPU, each once, on the tiny BERT;
-and the start-up benchmark (bench/startup.py) on an empty and a warm cache. They check that the
-tools ran and that the reports hold every measure; how fast is the benchmarks' to say.
+the start-up benchmark (bench/startup.py) on an empty and a warm cache; and the precision
+benchmark (bench/precision.py) on a tiny batch. They check that the tools ran and that the
+reports hold every measure; how fast is the benchmarks' to say.
 
-The harnesses are scripts that start their own processes one after another: both are started
-at once, when the first test begins, each process with one thread (the two share the cores),
-and each test waits for its own."""
+The harnesses are scripts that start their own processes one after another: all are started at
+once, when the first test begins, each process with one thread (they share the cores), and each
+test waits for its own."""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def harnesses(tmp_path_factory, tiny_checkpoint):
         "compare": lambda out: [
             sys.executable, str(ROOT / "bench" / "compare.py"), "--smoke", "--repeats", "1",
             "--checkpoint", str(tiny_checkpoint), "--out", str(out),
+        ],
+        "precision": lambda out: [
+            sys.executable, str(ROOT / "bench" / "precision.py"), "--smoke", "--repeats", "1",
+            "--out", str(out),
         ],
         "startup": lambda out: [
             sys.executable, str(ROOT / "bench" / "startup.py"), "--only", "text", "--rows", "300",
@@ -107,3 +112,15 @@ def test_the_startup_benchmark_times_a_first_step_on_an_empty_and_a_warm_cache(h
         assert 0 < text[run]["startup_seconds"] < text[run]["wall_seconds"]
     rows = (out / "data" / "text-300" / "train.csv").read_text().splitlines()
     assert len(rows) == 301
+
+
+def test_the_precision_benchmark_times_both_precisions_and_both_dropouts(harnesses):
+    out = finished(harnesses["precision"])
+    results = json.loads((out / "precision-best.json").read_text())
+    assert results["cpu"] == cpu_name() and results["bf16_units"] == cpu_bf16_units()
+    assert results["matmul_gflops"]["fp32"] > 0 and results["matmul_gflops"]["bf16"] > 0
+    steps = results["ms"]["minilm"]
+    assert set(steps) == {"train fp32", "train bf16", "forward fp32", "forward bf16"}
+    dropouts = results["ms"]["minilm dropout"]
+    assert {"train bf16", "train bf16, fast dropout", "train fp32, fast dropout"} <= set(dropouts)
+    assert all(ms > 0 for ms in [*steps.values(), *dropouts.values()])

@@ -220,7 +220,10 @@ def test_a_bf16_checkpoint_resumes_in_fp32(tmp_path, overrides, uninterrupted, s
     resumed = run_cli(*overrides, f"output_dir={run_dir}", "trainer.precision=fp32", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout + resumed.stderr
-    metrics, reference = outcome(run_dir)[1], outcome(uninterrupted)[1]
+    (rows, metrics), reference = outcome(run_dir), outcome(uninterrupted)[1]
     assert (reference["precision"], metrics["precision"]) == ("bf16", "fp32")
+    # The history says where the precision changed: after step 5's checkpoint.
+    ran = [(r["step"], r["precision"]) for r in rows if r["kind"] == "train"]
+    assert {p for s, p in ran if s <= 5} == {"bf16"} and {p for s, p in ran if s > 5} == {"fp32"}
     assert metrics["steps"] == reference["steps"] == 21
     assert metrics["accuracy"] == pytest.approx(reference["accuracy"], abs=0.1)
