@@ -51,6 +51,7 @@ def main() -> None:
 
     import datasets
     import numpy as np
+    import torch
     from sklearn.metrics import accuracy_score, f1_score
     from transformers import (
         AutoConfig,
@@ -117,6 +118,7 @@ def main() -> None:
         report_to=[],
         seed=args.seed,
         bf16=args.bf16,  # on the CPU too when asked: Trainer never chooses it by itself
+        use_cpu=args.bf16 and not torch.cuda.is_available(),  # what Trainer asks for bf16 on CPU
         train_sampling_strategy="group_by_length" if args.group_by_length else "random",
         disable_tqdm=True,
     )
