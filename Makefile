@@ -139,7 +139,7 @@ bench: install  ## fine-tuning strategies on bert_news, measured (about 30 min o
 bench-precision: install data-images data-speech  ## fp32 vs bf16 and fast dropout, per architecture (~5 min)
 	$(BIN)/python bench/precision.py $(ARGS)
 
-bench-compare: install  ## sft beside the stock HF Trainer on the same jobs (~40 min): BENCHMARKS.md
+bench-compare: install  ## sft beside Trainer (defaults, and at its best) on the same jobs (~60 min): BENCHMARKS.md
 	$(BIN)/python bench/compare.py $(ARGS)
 
 bench-startup: data/fashion_mnist/.done  ## launch to first step on 50,000 images, 500,000 rows
