@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from sft import modalities
+from sft import modalities, problems
 from sft.run_dir import RunDir
 
 HYPERPARAMETERS = (
@@ -153,7 +153,7 @@ def model_card(run: RunDir, repo_id: str) -> str:
         f"# {repo_id.split('/')[-1]}\n",
         f"A {_kind(task, problem)} model fine-tuned from `{base}` on `{dataset_name}` with "
         f"[sft](https://pypi.org/project/sft-classify/) (`finetune={config.finetune.strategy}`). "
-        f"{_predicts(problem, metrics)}\n",
+        f"{problems.get(problem).describes(metrics)}\n",
         _results(problem, metrics),
         _per_label(problem, metrics),
         _plots(run),
@@ -169,19 +169,6 @@ def _kind(task: str, problem: str) -> str:
     if problem == "regression":
         return kind.replace("classification", "regression")
     return f"multi-label {kind}" if problem == "multi_label" else kind
-
-
-def _predicts(problem: str, metrics: dict) -> str:
-    labels = ", ".join(metrics["labels"])
-    if problem == "multi_label":
-        threshold = metrics.get("multi_label_threshold", 0.5)
-        return (
-            f"Any of {len(metrics['labels'])} labels ({labels}), each predicted "
-            f"when its sigmoid score is above {threshold:g} (tuned on the validation split)."
-        )
-    if problem == "regression":
-        return f"It predicts {labels} (the model's outputs are the values)."
-    return f"{len(metrics['labels'])} labels: {labels}."
 
 
 def _results(problem: str, metrics: dict) -> str:

@@ -6,6 +6,7 @@ Pearson and Spearman, per target where there are several."""
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,17 @@ MODULES_OF = {
     "multi_label": [("accuracy", "multilabel"), ("f1", "multilabel")],
     "regression": [(m, config) for m in REGRESSION.values() for config in (None, "multilist")],
 }
+
+
+LOWER_IS_BETTER = {"loss", "mse", "mae"}
+
+
+def better(metric: str, value: float) -> float:
+    """`value` turned so that larger is better (loss, mse, mae are better smaller); an undefined
+    score (NaN: a correlation of constant predictions) is the worst."""
+    if value != value:
+        return -math.inf
+    return -value if metric in LOWER_IS_BETTER else value
 
 
 def load(problem: str = "single_label") -> None:

@@ -76,7 +76,7 @@ def load_classifier(
     head is what fine-tuning a pretrained checkpoint for a new label set means.
     `freeze_feature_encoder` keeps a speech model's convolutional front end fixed;
     `pad_token_id` is the tokenizer's, for checkpoints whose config has none (GPT-style).
-    `problem_type` (transformers' name, see sft/problems.py) is saved in the config: pipelines
+    `problem_type` (transformers' name, see sft/problems/) is saved in the config: pipelines
     score by it (softmax, sigmoid, or the raw value). `head_bias`: where a new head's output
     bias starts (`Problem.head_bias`); a head the checkpoint holds for these labels keeps its own.
     """

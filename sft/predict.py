@@ -105,14 +105,18 @@ def classify(
     batch_size: int,
     progress: bool,
 ) -> list[dict[str, Any]]:
-    """One row per item, in the items' order (see `_row`). The model sees `batch_size` inputs
+    """One row per item, in the items' order: its input, then what its problem predicts
+    (`Problem.prediction`: single-label label, score, top_k; multi-label labels, top_k;
+    regression each target's value). The model sees `batch_size` inputs
     at a time; texts go longest first, so that each batch, padded to its longest, holds texts
     of similar length."""
     from tqdm.auto import tqdm
 
+    from sft import problems
+
     read, options = modality.reader(classifier), modality.call_options()
     config = classifier.model.config
-    single = (config.problem_type or SINGLE) == SINGLE
+    problem = problems.of_model(config)
     order = list(range(len(items)))
     if not modality.reads_files:  # characters: a free stand-in for tokens
         order.sort(key=lambda i: -len(items[i][1]))
@@ -121,34 +125,14 @@ def classify(
     for start in range(0, len(items), batch_size):
         chunk = order[start : start + batch_size]
         values = [read(items[i][1]) for i in chunk]
-        # Multi-label and regression need every label's score (top_k=None: all of them).
-        k = top_k if single else None
+        k = None if problem.needs_every_score else top_k  # None: every label's score
         outputs = classifier(values, top_k=k, batch_size=batch_size, **options)
         for i, scores in zip(chunk, outputs, strict=True):
-            rows[i] = _row(items[i][0], scores, config, top_k)
+            scores = [{"label": s["label"], "score": float(s["score"])} for s in scores]
+            rows[i] = {"input": items[i][0], **problem.prediction(scores, config, top_k)}
         bar.update(len(chunk))
     bar.close()
     return rows
-
-
-SINGLE = "single_label_classification"
-
-
-def _row(name: str, scores: list[dict], config, top_k: int) -> dict[str, Any]:
-    """Single-label: input, label, score, top_k [{label, score}, ...]. Multi-label: input,
-    labels (every label scoring above the threshold tuned on validation, best first), top_k.
-    Regression: input, then each target's value."""
-    scores = [{"label": s["label"], "score": float(s["score"])} for s in scores]
-    if config.problem_type == "regression":
-        value = {s["label"]: s["score"] for s in scores}
-        return {"input": name, **{label: value[label] for label in config.id2label.values()}}
-    scores.sort(key=lambda s: -s["score"])
-    if config.problem_type == "multi_label_classification":
-        threshold = getattr(config, "multi_label_threshold", 0.5)
-        labels = [s["label"] for s in scores if s["score"] > threshold]
-        return {"input": name, "labels": labels, "top_k": scores[:top_k]}
-    top = scores[:top_k]
-    return {"input": name, "label": top[0]["label"], "score": top[0]["score"], "top_k": top}
 
 
 def write(rows: list[dict[str, Any]], output: Path | None) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sft.problems import better
+from sft.metrics import better
 
 
 @dataclass
@@ -19,7 +19,7 @@ class Evaluation:
     loss: float
     predictions: np.ndarray
     references: np.ndarray
-    scores: dict[str, float]  # by problem (sft/problems.py): accuracy, f1, mse, ...
+    scores: dict[str, float]  # by problem (sft/problems/): accuracy, f1, mse, ...
     logits: np.ndarray | None = None  # the model's outputs; not kept in checkpoints
 
 

@@ -52,14 +52,14 @@ def write_leaderboard(
 ) -> Path:
     """<sweep_dir>/sweep_summary.csv (best first) and .png from every job's run directory;
     `scores`: the test scores shown beside the validation `metric` (the problem's metrics)."""
-    from sft import problems
+    from sft import metrics  # scikit-learn: only once the sweep is over
 
     tested = [*scores, "loss"]
     rows = [_job_row(job, metric, tested) for job in _jobs(sweep_dir)]
     varying = _varying_keys(rows)
     finished = sorted(
         (r for r in rows if r["status"] == "finished"),
-        key=lambda r: problems.better(metric, r[f"validation_{metric}"]),
+        key=lambda r: metrics.better(metric, r[f"validation_{metric}"]),
         reverse=True,
     )
     ranked = finished + [r for r in rows if r["status"] != "finished"]

@@ -1,4 +1,4 @@
-"""Beyond one label (sft/problems.py, sft/data/targets.py): multi-label targets from lists,
+"""Beyond one label (sft/problems/, sft/data/targets.py): multi-label targets from lists,
 separated strings or 0/1 columns; regression targets from one or several numeric columns; their
 losses; their scores checked against scikit-learn and scipy; bad targets refused by name; and
 each problem trained end to end on the tiny BERT: one finished run per problem, built once in
@@ -273,7 +273,7 @@ def test_the_threshold_is_tuned_on_validation_and_rescores_the_evaluation():
 
 
 def test_an_undefined_score_never_counts_as_the_best():
-    from sft.problems import better
+    from sft.metrics import better
     from sft.state import Best, Evaluation
 
     def evaluation(loss: float, pearson: float) -> Evaluation:

@@ -1,4 +1,4 @@
-"""What each row's target is, by `problem` (sft/problems.py): a class id (single_label), a 0/1
+"""What each row's target is, by `problem` (sft/problems/): a class id (single_label), a 0/1
 vector over the label names (multi_label), or numbers (regression). `read_targets` checks every
 split's targets, names them, and returns them as arrays for the LABELS column.
 
