@@ -215,18 +215,11 @@ def run_sft(job: Job, data: Path, checkpoint: str, out: Path) -> dict:
 
 
 def evaluate_sft(data: Path, model: str, out: Path) -> dict:
+    # A model directory carries no run config: without max_length it would be 256 tokens.
     command = [
-        sys.executable,
-        "-m",
-        "sft.evaluate",
-        model,
-        f"data.path={data}",
-        "test",
-        f"data.max_length={MAX_LENGTH}",
-        "--output-dir",
-        str(out),
-        "--no-progress",
-    ]  # fmt: skip  (a model directory carries no run config: without max_length, 256 tokens)
+        sys.executable, "-m", "sft.evaluate", model, f"data.path={data}", "test",
+        f"data.max_length={MAX_LENGTH}", "--output-dir", str(out), "--no-progress",
+    ]  # fmt: skip
     start, wall, rss = run(command, out.with_suffix(".log"))
     metrics = json.loads((out / "metrics.json").read_text())
     return {

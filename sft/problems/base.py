@@ -24,6 +24,7 @@ class Problem:
     metrics: tuple[str, ...]  # what `trainer.metric` may name besides loss; the first: default
 
     tunes = False  # whether `tune` learns anything from validation outputs
+    needs_every_score = True  # whether sft.predict asks the pipeline for every label's score
 
     def metric(self, requested: str) -> str:
         """`trainer.metric`, with auto resolved to this problem's default."""
@@ -72,15 +73,12 @@ class Problem:
         """Every metric `trainer.metric` may name (loss aside)."""
         raise NotImplementedError
 
-    # Whether sft.predict asks the pipeline for every label's score (not only the top k).
-    needs_every_score = True
-
     def prediction(self, scores: list[dict], config: Any, top_k: int) -> dict[str, Any]:
         """sft.predict's row for one input (after its `input`), from the pipeline's
         [{label, score}, ...] and the saved model's config (its tuned rule)."""
         raise NotImplementedError
 
-    def describes(self, metrics: dict[str, Any]) -> str:
+    def describes(self, results: dict[str, Any]) -> str:
         """The model card's sentence on what the model predicts, from the run's metrics.json."""
         raise NotImplementedError
 

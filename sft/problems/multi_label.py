@@ -86,10 +86,10 @@ class MultiLabel(Problem):
         labels = [s["label"] for s in ranked if s["score"] > threshold]
         return {"labels": labels, "top_k": ranked[:top_k]}
 
-    def describes(self, metrics) -> str:
-        threshold = metrics.get("multi_label_threshold", self.THRESHOLD)
+    def describes(self, results) -> str:
+        threshold = results.get("multi_label_threshold", self.THRESHOLD)
         return (
-            f"Any of {len(metrics['labels'])} labels ({', '.join(metrics['labels'])}), each "
+            f"Any of {len(results['labels'])} labels ({', '.join(results['labels'])}), each "
             f"predicted when its sigmoid score is above {threshold:g} (tuned on the validation "
             f"split)."
         )

@@ -72,8 +72,8 @@ class Regression(Problem):
         value = {s["label"]: s["score"] for s in scores}
         return {label: value[label] for label in config.id2label.values()}
 
-    def describes(self, metrics) -> str:
-        return f"It predicts {', '.join(metrics['labels'])} (the model's outputs are the values)."
+    def describes(self, results) -> str:
+        return f"It predicts {', '.join(results['labels'])} (the model's outputs are the values)."
 
     def scores(self, predictions, references) -> dict[str, float]:
         return metrics.regression_scores(predictions, references)

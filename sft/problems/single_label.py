@@ -15,6 +15,7 @@ from sft.problems.base import Loss, Problem
 class SingleLabel(Problem):
     name, problem_type = "single_label", "single_label_classification"
     metrics = ("f1", "accuracy")
+    needs_every_score = False  # the top k are enough
 
     def loss(self, cfg: LossConfig, train_targets: np.ndarray, num_labels: int) -> Loss:
         from sft.loss import class_weights, cross_entropy
@@ -34,11 +35,9 @@ class SingleLabel(Problem):
     def report(self, predictions, references, labels) -> dict[str, Any]:
         return metrics.report(predictions, references, labels)
 
-    needs_every_score = False
-
     def prediction(self, scores, config, top_k) -> dict[str, Any]:
         top = sorted(scores, key=lambda s: -s["score"])[:top_k]
         return {"label": top[0]["label"], "score": top[0]["score"], "top_k": top}
 
-    def describes(self, metrics) -> str:
-        return f"{len(metrics['labels'])} labels: {', '.join(metrics['labels'])}."
+    def describes(self, results) -> str:
+        return f"{len(results['labels'])} labels: {', '.join(results['labels'])}."
