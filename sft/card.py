@@ -1,7 +1,7 @@
 """The model card (README.md) of a finished run, built from its run directory alone: Hub
 metadata (pipeline tag, base model, metrics with a model-index), results, per-label report,
-plots, hyper-parameters, and how to load the model — for each problem (single-label,
-multi-label, regression) with its own metrics."""
+plots, hyper-parameters, and how to load the model — each problem type (sft/problems/) with
+its own metrics, rows and usage note."""
 
 from __future__ import annotations
 
@@ -44,34 +44,6 @@ HYPERPARAMETERS = (
     "augment",
     "seed",
 )
-# Keys shown only for the problem that reads them.
-ONLY_FOR = {
-    "loss.label_smoothing": "single_label",
-    "loss.class_weights": "single_label",
-    "loss.pos_weight": "multi_label",
-    "loss.regression": "regression",
-    "data.standardize_targets": "regression",
-}
-
-# What the card reports per problem: (metrics.json key, Hub metric type, name, args).
-METRICS = {
-    "single_label": [
-        ("accuracy", "accuracy", "Accuracy", None),
-        ("f1", "f1", "Macro F1", {"average": "macro"}),
-    ],
-    "multi_label": [
-        ("f1", "f1", "Macro F1", {"average": "macro"}),
-        ("f1_micro", "f1", "Micro F1", {"average": "micro"}),
-        ("accuracy", "accuracy", "Subset accuracy", None),
-    ],
-    "regression": [
-        ("mse", "mse", "MSE", None),
-        ("mae", "mae", "MAE", None),
-        ("r2", "r_squared", "R²", None),
-        ("pearson", "pearsonr", "Pearson", None),
-        ("spearman", "spearmanr", "Spearman", None),
-    ],
-}
 PLOTS = (
     ("loss.png", "Training and validation loss"),
     ("accuracy.png", "Validation scores"),
@@ -80,22 +52,6 @@ PLOTS = (
     ("per_label.png", "Precision, recall and F1 per label"),
     ("predicted.png", "Predicted against true values"),
 )
-
-
-# How to call the pipeline, and what its scores are, per problem.
-USAGE_NOTE = {
-    "single_label": ("", ""),
-    "multi_label": (
-        ", top_k=None",
-        "Every label gets its sigmoid score; the labels above the threshold "
-        "(`multi_label_threshold` in config.json) are the prediction.\n\n",
-    ),
-    "regression": (
-        ", top_k=None",
-        "Each score is a predicted value (config.json's `problem_type` is regression, so the "
-        "pipeline applies no function to the outputs).\n\n",
-    ),
-}
 
 
 def is_hub_id(value: str | None) -> bool:
@@ -113,7 +69,7 @@ def shown(value: str) -> str:
 def model_card(run: RunDir, repo_id: str) -> str:
     """README.md for `repo_id` from the finished run in `run`."""
     config, metrics = run.read_finished()
-    problem = metrics.get("problem", "single_label")
+    problem = problems.get(metrics.get("problem"))
     task = config.task
     base, data = shown(config.model.checkpoint), shown(config.data.path)
     lora_adapter = config.finetune.strategy == "lora" and not config.finetune.merge
@@ -121,8 +77,8 @@ def model_card(run: RunDir, repo_id: str) -> str:
     metadata: dict[str, Any] = {
         "library_name": "transformers",
         "pipeline_tag": task,
-        "tags": ["sft", task] + ([problem.replace("_", "-")] if problem != "single_label" else []),
-        "metrics": sorted({hub_type for _, hub_type, _, _ in METRICS[problem]}),
+        "tags": ["sft", task] + ([problem.tag] if problem.tag else []),
+        "metrics": sorted({m.hub_type for m in problem.card_metrics}),
     }
     if is_hub_id(config.model.checkpoint):
         metadata["base_model"] = base
@@ -131,7 +87,7 @@ def model_card(run: RunDir, repo_id: str) -> str:
     scores = [
         {"type": hub_type, "value": round(metrics[key], 4), "name": name}
         | ({"args": args} if args else {})
-        for key, hub_type, name, args in METRICS[problem]
+        for key, hub_type, name, args in problem.card_metrics
         if metrics[key] == metrics[key]  # an undefined score (NaN) is left out
     ]
     task_name = task.replace("-", " ").capitalize()
@@ -148,33 +104,26 @@ def model_card(run: RunDir, repo_id: str) -> str:
         }
     ]
     front = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
+    kind = problem.kind(task.replace("-", " "))
     sections = [
         f"---\n{front}---\n",
         f"# {repo_id.split('/')[-1]}\n",
-        f"A {_kind(task, problem)} model fine-tuned from `{base}` on `{dataset_name}` with "
+        f"A {kind} model fine-tuned from `{base}` on `{dataset_name}` with "
         f"[sft](https://pypi.org/project/sft-classify/) (`finetune={config.finetune.strategy}`). "
-        f"{problems.get(problem).describes(metrics)}\n",
+        f"{problem.describes(metrics)}\n",
         _results(problem, metrics),
         _per_label(problem, metrics),
         _plots(run),
-        _hyperparameters(config, metrics),
+        _hyperparameters(config, metrics, problem),
         _usage(repo_id, task, problem, adapter=lora_adapter),
     ]
     return "\n".join(s for s in sections if s)
 
 
-def _kind(task: str, problem: str) -> str:
-    """'text classification', 'multi-label image classification', 'audio regression'..."""
-    kind = task.replace("-", " ")
-    if problem == "regression":
-        return kind.replace("classification", "regression")
-    return f"multi-label {kind}" if problem == "multi_label" else kind
-
-
-def _results(problem: str, metrics: dict) -> str:
-    keys = [key for key, _, _, _ in METRICS[problem]] + ["loss"]
+def _results(problem: problems.Problem, metrics: dict) -> str:
+    keys = [m.key for m in problem.card_metrics] + ["loss"]
     loss = "loss (standardised targets)" if "standardized_targets" in metrics else "loss"
-    names = [name for _, _, name, _ in METRICS[problem]] + [loss]
+    names = [m.name for m in problem.card_metrics] + [loss]
 
     def row(split: str, examples: Any, scores: dict) -> list[str]:
         return [split, str(examples)] + [f"{scores[k]:.4f}" if k in scores else "" for k in keys]
@@ -186,19 +135,11 @@ def _results(problem: str, metrics: dict) -> str:
     return "## Results\n\n" + _table(["split", "examples", *names], rows)
 
 
-def _per_label(problem: str, metrics: dict) -> str:
-    title = f"### Per label ({metrics['split']} split)\n\n"
-    if problem == "regression":
-        if "per_target" not in metrics:
-            return ""
-        keys = ("mse", "mae", "r2", "pearson")
-        rows = [[n, *(f"{t[k]:.4f}" for k in keys)] for n, t in metrics["per_target"].items()]
-        return title + _table(["target", "MSE", "MAE", "R²", "Pearson"], rows)
-    rows = [
-        [n, *(f"{c[k]:.4f}" for k in ("precision", "recall", "f1")), str(c["support"])]
-        for n, c in metrics["per_class"].items()
-    ]
-    return title + _table(["label", "precision", "recall", "F1", "support"], rows)
+def _per_label(problem: problems.Problem, metrics: dict) -> str:
+    header, rows = problem.per_label_table(metrics)
+    if not rows:
+        return ""
+    return f"### Per label ({metrics['split']} split)\n\n" + _table(header, rows)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -213,13 +154,13 @@ def _plots(run: RunDir) -> str:
     return "## Plots\n\n" + "\n".join(f"![{t}](plots/{n})" for n, t in images) + "\n"
 
 
-def _hyperparameters(config, metrics: dict) -> str:
+def _hyperparameters(config, metrics: dict, problem: problems.Problem) -> str:
     rows = []
     strategy = config.finetune.strategy
     skip = {"finetune.k"} if strategy != "top_k" else set()
     skip |= {"finetune.r"} if strategy != "lora" else set()
-    problem = metrics.get("problem", "single_label")
-    skip |= {key for key, only in ONLY_FOR.items() if only != problem}
+    # Keys shown only for the problem that reads them
+    skip |= {key for p in problems.PROBLEMS.values() for key in p.settings} - set(problem.settings)
     for key in HYPERPARAMETERS:
         value = OmegaConf.select(config, key, default=None)
         if value is None or key in skip:
@@ -236,7 +177,7 @@ def _hyperparameters(config, metrics: dict) -> str:
     return "\n".join(["## Training hyper-parameters\n", "| key | value |", "|---|---|", *rows, ""])
 
 
-def _usage(repo_id: str, task: str, problem: str, adapter: bool = False) -> str:
+def _usage(repo_id: str, task: str, problem: problems.Problem, adapter: bool = False) -> str:
     # Given a repo id holding a LoRA adapter, transformers loads the adapter's
     # base_model_name_or_path, without our labels; a downloaded copy loads as it is.
     source = f'snapshot_download("{repo_id}")' if adapter else f'"{repo_id}"'
@@ -246,9 +187,9 @@ def _usage(repo_id: str, task: str, problem: str, adapter: bool = False) -> str:
         "```python\n"
         f"{imports}from transformers import pipeline\n\n"
         f'classify = pipeline("{task}", model={source})\n'
-        f"classify({modalities.get(task).usage_example}{USAGE_NOTE[problem][0]})\n"
+        f"classify({modalities.get(task).usage_example}{problem.pipeline_args})\n"
         "```\n\n"
-        f"{USAGE_NOTE[problem][1]}"
+        f"{problem.usage_note}"
         "The run's resolved config is `config.yaml` and its metrics `metrics.json`, beside the "
         "model.\n"
     )

@@ -31,7 +31,7 @@ def evaluate_model(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Metrics of the model in `source` on the data the overrides name; writes them out."""
-    from sft import loop, metrics, plots, problems
+    from sft import loop, problems
     from sft.accelerator import decide_precision, device_type, fresh_accelerator, launcher_choice
     from sft.data.loaders import eval_loader, load_raw_data
     from sft.data.splits import Splits
@@ -48,7 +48,7 @@ def evaluate_model(
     model = found.load()
     problem = problems.of_model(model.config)
     labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-    ds = _with_targets(raw[split], cfg.data, problem.name, labels, f"{cfg.data.path} ({split})")
+    ds = _with_targets(raw[split], cfg.data, problem, labels, f"{cfg.data.path} ({split})")
     # Inputs encode whole splits; an empty validation split costs nothing.
     encoded = inputs.encode(Splits(ds, ds.select([]), None, labels)).train
     chosen = decide_precision(cfg.trainer.precision, device_type(), launcher_choice())
@@ -56,9 +56,9 @@ def evaluate_model(
     model, loader = accelerator.prepare(
         model, eval_loader(encoded, inputs, cfg.trainer.eval_batch_size)
     )
-    metrics.load(problem.name)  # seconds of imports, before the clock starts (as loading the model)
+    problem.load_metrics()  # seconds of imports, before the clock starts (as loading the model)
     start = time.perf_counter()
-    result = loop.evaluate(accelerator, model, loader, progress, problem)
+    result = loop.evaluate(accelerator, model, loader, problem, progress)
     tuned = problem.saved_rule(model.config)  # as tuned on the run's validation split
     result = problem.apply(result, tuned)
     seconds = time.perf_counter() - start
@@ -77,7 +77,7 @@ def evaluate_model(
     name = Path(cfg.data.path).name or "data"
     parent = found.run.evaluations if found.run is not None else Path("evaluations")
     out = output_dir or parent / f"{name}-{split}"
-    plots.plot_outcome(report, result.predictions, result.references, f"{name} {split}", out)
+    problem.plot_outcome(report, result.predictions, result.references, f"{name} {split}", out)
     write_json(out / "metrics.json", report)
     scores = ", ".join(f"{k} {report[k]:.4f}" for k in problem.metrics)
     examples, ran = report["num_examples"], report["precision"]
@@ -97,46 +97,19 @@ def _choose_split(raw, split: str | None, source: str) -> str:
     raise SftError(f"{source} has splits {sorted(raw)}; name the one to evaluate")
 
 
-def _with_targets(ds, data, problem: str, labels: list[str], where: str):
-    """`ds` with the targets of `problem` in LABELS, for a model trained on `labels`."""
-    if problem == "single_label":
-        return _with_label_ids(ds, data.label_column, labels, where)
+def _with_targets(ds, data, problem, labels: list[str], where: str):
+    """`ds` with `problem`'s targets in LABELS, for a model trained on `labels` (matched by
+    name: a label the model does not know is an error that names it)."""
     from sft.data.columns import require_columns
     from sft.data.splits import LABELS
-    from sft.data.targets import TargetSpec, arrow_column, targets_for
+    from sft.data.targets import TargetSpec, arrow_column
 
-    columns = tuple(data.label_columns or ())
-    spec = TargetSpec(problem, data.label_column, columns, data.label_separator)
+    spec = TargetSpec(data.label_column, tuple(data.label_columns or ()), data.label_separator)
     require_columns(ds, [(spec.key, c) for c in spec.sources], where)
+    targets = problem.target_encoder(spec, labels)(ds, where)
     if LABELS in ds.column_names:
         ds = ds.remove_columns(LABELS)
-    return ds.add_column(LABELS, arrow_column(targets_for(ds, spec, labels, where)))
-
-
-def _with_label_ids(ds, column: str, labels: list[str], where: str):
-    """`ds` with the model's label ids in LABELS, matched by label name."""
-    import datasets
-    import numpy as np
-
-    from sft.data.columns import column_values, require_columns
-    from sft.data.splits import LABELS
-
-    require_columns(ds, [("data.label_column", column)], where)
-    feature = ds.features[column]
-    names = [
-        feature.int2str(v) if isinstance(feature, datasets.ClassLabel) else str(v)
-        for v in column_values(ds, column)
-    ]
-    index = {label: i for i, label in enumerate(labels)}
-    unknown = sorted(set(names) - set(index))
-    if unknown:
-        raise SftError(
-            f"{where} has labels the model does not know: {unknown[:10]}; the model's labels "
-            f"are {labels}. Map or drop those rows"
-        )
-    if LABELS in ds.column_names:
-        ds = ds.remove_columns(LABELS)
-    return ds.add_column(LABELS, np.array([index[n] for n in names], dtype=np.int64))
+    return ds.add_column(LABELS, arrow_column(targets))
 
 
 def main(argv: list[str] | None = None) -> None:

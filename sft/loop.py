@@ -20,11 +20,10 @@ from tqdm.auto import tqdm
 from sft.accelerator import named
 from sft.config import TrainerConfig
 from sft.finetune import train_mode
-from sft.problems import PROBLEMS, Problem
+from sft.problems import Problem
 from sft.state import Best, Evaluation, Outcome, Progress
 
 log = logging.getLogger(__name__)
-SINGLE_LABEL = PROBLEMS["single_label"]
 
 
 def fit(
@@ -43,7 +42,7 @@ def fit(
     resume: Progress | None = None,
     checkpoint: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    problem: Problem = SINGLE_LABEL,
+    problem: Problem,
 ) -> Outcome:
     """Train for `total_steps` optimizer steps, evaluating each epoch (or every `eval_every`
     steps); `record` receives every history row; `loss_fn(logits, labels)` is the training
@@ -147,7 +146,7 @@ class _Run:
             return
         eval_start = time.perf_counter()
         result = evaluate(
-            self.accelerator, self.model, self.eval_loader, self.settings.progress, self.problem
+            self.accelerator, self.model, self.eval_loader, self.problem, self.settings.progress
         )
         # Scored under the rule the saved model would get (multi-label: the threshold tuned on
         # this evaluation), so the best checkpoint is the one whose final scores are best: at
@@ -203,8 +202,8 @@ def final_evaluations(
     outcome: Outcome,
     eval_loader: DataLoader,
     test_loader: DataLoader | None,
+    problem: Problem,
     progress: bool = False,
-    problem: Problem = SINGLE_LABEL,
 ) -> tuple[Evaluation, Evaluation, dict]:
     """Load the best weights into `model`; their validation result and the final one (on test
     when there is a test split, else validation again), both scored with the decision rule
@@ -217,13 +216,13 @@ def final_evaluations(
     if validation is None or (problem.tunes and validation.logits is None):
         # No finite evaluation (the last weights, as they are), or one read from a checkpoint
         # without the outputs to tune on.
-        validation = evaluate(accelerator, model, eval_loader, progress, problem)
+        validation = evaluate(accelerator, model, eval_loader, problem, progress)
     tuned = problem.tune(validation, outcome.best.metric)
     validation = problem.apply(validation, tuned)
     if test_loader is None:
         return validation, validation, tuned
     test_loader = accelerator.prepare(test_loader)
-    final = evaluate(accelerator, model, test_loader, progress, problem)
+    final = evaluate(accelerator, model, test_loader, problem, progress)
     return validation, problem.apply(final, tuned), tuned
 
 
@@ -232,8 +231,8 @@ def evaluate(
     accelerator: Accelerator,
     model: torch.nn.Module,
     loader: DataLoader,
+    problem: Problem,
     progress: bool = False,
-    problem: Problem = SINGLE_LABEL,
 ) -> Evaluation:
     """Loss, predictions and scores (as `problem` computes them) over every example of
     `loader`, each counted once across processes (`gather_for_metrics` drops the padding a

@@ -67,7 +67,7 @@ def load_classifier(
     revision: str | None = None,
     freeze_feature_encoder: bool = False,
     pad_token_id: int | None = None,
-    problem_type: str = "single_label_classification",
+    problem_type: str | None = None,
     head_bias: np.ndarray | None = None,
 ) -> PreTrainedModel:
     """Load `checkpoint` with a classification head sized and named for `labels`.
@@ -77,7 +77,8 @@ def load_classifier(
     `freeze_feature_encoder` keeps a speech model's convolutional front end fixed;
     `pad_token_id` is the tokenizer's, for checkpoints whose config has none (GPT-style).
     `problem_type` (transformers' name, see sft/problems/) is saved in the config: pipelines
-    score by it (softmax, sigmoid, or the raw value). `head_bias`: where a new head's output
+    score by it (softmax, sigmoid, or the raw value; None: transformers decides, softmax over
+    more than one label). `head_bias`: where a new head's output
     bias starts (`Problem.head_bias`); a head the checkpoint holds for these labels keeps its own.
     """
     auto_class = modalities.get(task).auto_class

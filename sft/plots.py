@@ -1,5 +1,6 @@
-"""PNG plots of a run: loss and score curves from the history, and the final evaluation as
-suits its problem: a confusion matrix, scores per label, or predicted against true values."""
+"""PNG plots of a run: loss and score curves from the history, and the drawings each problem
+type (sft/problems/) picks for an evaluation: a confusion matrix, scores per label, or
+predicted against true values."""
 
 from __future__ import annotations
 
@@ -40,22 +41,6 @@ def plot_curves(history: list[dict], out_dir: Path) -> list[Path]:
 # The scores drawn by step (all on a 0..1 scale, or -1..1): MSE and MAE have their own units.
 SCORES = {"accuracy": "accuracy", "f1": "macro-F1", "f1_micro": "micro-F1", "r2": "R²",
           "pearson": "Pearson", "spearman": "Spearman"}  # fmt: skip
-
-
-def plot_outcome(
-    report: dict, predictions: np.ndarray, references: np.ndarray, title: str, out_dir: Path
-) -> Path:
-    """The plot of one evaluation (`report`: its metrics.json) that suits its problem:
-    confusion_matrix.png (single-label), per_label.png (multi-label) or predicted.png
-    (regression: predicted against true values)."""
-    problem, labels = report.get("problem", "single_label"), report["labels"]
-    if problem == "multi_label":
-        return plot_per_label(report["per_class"], f"{title} scores per label",
-                              out_dir / "per_label.png")  # fmt: skip
-    if problem == "regression":
-        return plot_predicted(predictions, references, labels, title, out_dir / "predicted.png")
-    return plot_confusion(report["confusion_matrix"], labels, f"{title} confusion matrix",
-                          out_dir / "confusion_matrix.png")  # fmt: skip
 
 
 def plot_predicted(

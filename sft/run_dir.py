@@ -120,10 +120,13 @@ class RunDir:
         write_json(self.param_groups, summary)
 
     def write_results(
-        self, save_model: Callable[[Path], None], result: dict[str, Any], final: tuple
+        self,
+        save_model: Callable[[Path], None],
+        result: dict[str, Any],
+        plot_outcome: Callable[[Path], Any],
     ) -> None:
-        """model/ (`save_model(directory)` writes it), plots/ (`final`: the predictions and
-        references `result` scores) and metrics.json, each written
+        """model/ (`save_model(directory)` writes it), plots/ (the curves, and what
+        `plot_outcome(directory)` draws of the final evaluation) and metrics.json, each written
         under a staging name first: model/ and then metrics.json (whose presence says the run
         completed) appear only once everything is on disk, so a full disk leaves neither."""
         from sft import plots
@@ -134,7 +137,7 @@ class RunDir:
             shutil.rmtree(model, ignore_errors=True)
             save_model(model)
             plots.plot_curves(self.read_history(), self.plots)
-            plots.plot_outcome(result, *final, result["split"], self.plots)
+            plot_outcome(self.plots)
             write_json(metrics, result)
             shutil.rmtree(self.model, ignore_errors=True)
             model.rename(self.model)

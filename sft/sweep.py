@@ -41,7 +41,7 @@ class Leaderboard(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from sft import problems  # torch: only once the sweep is over
 
-        problem = problems.get(OmegaConf.select(config, "problem", default="single_label"))
+        problem = problems.get(OmegaConf.select(config, "problem", default=None))
         metric = problem.metric(OmegaConf.select(config, "trainer.metric", default="auto"))
         path = write_leaderboard(Path(config.hydra.sweep.dir), metric, problem.metrics)
         log.info("sweep leaderboard: %s", path)

@@ -12,6 +12,7 @@ import logging
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ class Job:
     loaders: Any  # sft.data.loaders.Loaders: train and validation prepared by Accelerate
     cache: Any  # sft.feature_cache.FeatureCache, or None
     unfreezer: Any  # finetune=gradual's schedule, started once DDP wraps the model (finetune.py)
+    problem: Any  # sft.problems.Problem, fitted to the train targets
 
 
 def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
@@ -80,7 +82,7 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     weights = accelerator.get_state_dict(job.model)  # the best, whole; every process calls it
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(job.model)
-        finish(cfg, out, model, weights, job.inputs.processor, result, final)
+        finish(cfg, out, job, model, weights, result, final)
     accelerator.wait_for_everyone()
     checkpoints.remove_all()  # the run is complete: model/ and metrics.json replace them
     accelerator.end_training()
@@ -94,12 +96,10 @@ def build(cfg: schema.Config, accelerator) -> Job:
     from sft.feature_cache import FeatureCache
     from sft.model import check_checkpoint, enable_gradient_checkpointing, load_classifier
 
-    modality = modalities.get(cfg.task)
+    modality, problem = modalities.get(cfg.task), problems.get(cfg.problem)
     check_checkpoint(cfg.model.checkpoint, cfg.model.revision, cfg.task, cfg.data.max_length)
     with accelerator.main_process_first():  # rank 0 fills the datasets cache, the rest reuse it
-        splits, inputs = load_data(
-            modality, cfg.model, cfg.data, cfg.augment, cfg.seed, cfg.problem
-        )
+        splits, inputs = load_data(modality, cfg.model, cfg.data, cfg.augment, cfg.seed, problem)
     log.info("data: %s", ", ".join(f"{name} {len(ds)}" for name, ds in splits.items()))
     log.info("labels (%d): %s", len(splits.labels), splits.labels)
     model = load_classifier(
@@ -109,9 +109,10 @@ def build(cfg: schema.Config, accelerator) -> Job:
         cfg.model.revision,
         freeze_feature_encoder=cfg.model.freeze_feature_encoder,
         pad_token_id=getattr(inputs.processor, "pad_token_id", None),
-        problem_type=problems.get(cfg.problem).problem_type,
-        head_bias=problems.get(cfg.problem).head_bias(cfg.loss, splits.train_targets()),
+        problem_type=problem.problem_type,
+        head_bias=problem.head_bias(cfg.loss, splits.train_targets()),
     )
+    problem = problem.fitted(splits.train_targets(), model, cfg.data.standardize_targets)
     if cfg.trainer.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     model = finetune.choose_trainable(model, cfg.finetune)
@@ -136,14 +137,14 @@ def build(cfg: schema.Config, accelerator) -> Job:
     summary = optim.describe(groups)  # as training starts: after gradual's first freeze
     table = optim.format_table(summary)
     log.info("parameter groups (finetune=%s):\n%s", cfg.finetune.strategy, table)
-    return Job(splits, inputs, model, summary, optimizer, data, cache, unfreezer)
+    return Job(splits, inputs, model, summary, optimizer, data, cache, unfreezer, problem)
 
 
 def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, resume_from):
     """Train (from a checkpoint when there is one), then evaluate the best weights on validation
-    and test; returns the metrics and the final (predictions, references). SIGTERM or Ctrl-C
+    and test; returns the metrics and the final evaluation. SIGTERM or Ctrl-C
     ends it with `Preempted` after a checkpoint."""
-    from sft import loop, optim, problems, trackers
+    from sft import loop, optim, trackers
     from sft.accelerator import precision_report
     from sft.checkpoint import Preemption
 
@@ -180,8 +181,7 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
             log.info("epoch %d: %d of %d blocks train", epoch, blocks, total)
 
     keep = t.keep_checkpoints > 0
-    labels, targets = job.splits.labels, job.splits.train_targets()
-    problem = problems.get(cfg.problem).fitted(targets, job.model, cfg.data.standardize_targets)
+    labels, targets, problem = job.splits.labels, job.splits.train_targets(), job.problem
     loss = problem.loss(cfg.loss, targets, len(labels))
     # Validation batches carry cache keys: evaluate them within `serving` too.
     with (
@@ -210,7 +210,7 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
             raise preempted.stopped(outcome.steps, checkpoints.root)
         loaders = job.loaders
         validation, final, tuned = loop.final_evaluations(
-            accelerator, job.model, outcome, loaders.validation, loaders.test, t.progress, problem
+            accelerator, job.model, outcome, loaders.validation, loaders.test, problem, t.progress
         )
     problem.bake_into(accelerator.unwrap_model(job.model), tuned)  # saved with the model
     split = "test" if job.loaders.test is not None else "validation"
@@ -223,22 +223,22 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
     }
     if job.cache is not None and job.cache.features:
         result["feature_cache_seconds"] = round(job.cache.seconds, 1)  # spent before training
-    return result, (final.predictions, final.references)
+    return result, final
 
 
-def finish(
-    cfg: schema.Config, out: RunDir, model, weights: dict, processor, result: dict, final: tuple
-) -> None:
-    """Rank 0: the model (`weights`, gathered by Accelerate), plots (`final`: the predictions
-    and references `result` scores) and metrics; the push."""
+def finish(cfg: schema.Config, out: RunDir, job: Job, model, weights: dict, result: dict, final):
+    """Rank 0: the model (`weights`, gathered by Accelerate), plots (`final`: the evaluation
+    `result` scores) and metrics; the push."""
     from sft import problems
     from sft.finetune import save_model
 
     def save(directory: Path) -> None:
         save_model(model, weights, cfg.finetune, directory)
-        processor.save_pretrained(directory)
+        job.inputs.processor.save_pretrained(directory)
 
-    out.write_results(save, result, final)
+    draw = job.problem.plot_outcome
+    plot = partial(draw, result, final.predictions, final.references, result["split"])
+    out.write_results(save, result, plot)
     log.info("%s; run directory: %s", problems.summary(result), out.root)
     if cfg.push_to_hub:
         from sft.hub import push_finished

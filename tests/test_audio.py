@@ -18,6 +18,7 @@ from sft.data.loaders import loaders
 from sft.errors import SftError
 from sft.modalities.audio import DURATION, AudioInputs, audio_augmenter, load_audio
 from sft.prepare import tiny_model
+from sft.problems import PROBLEMS
 from tests.conftest import assert_run_outputs, run_cli
 
 TONES = {"low": 220.0, "mid": 660.0, "high": 1760.0}  # a learnable signal: the pitch
@@ -60,7 +61,13 @@ def audiofolder(tmp_path):
 
 def encoded_splits(root, checkpoint, **kwargs):
     raw = load_raw(str(root), input_column="audio", input_is_path=True)
-    splits = build_splits(raw, source=str(root), input_column="audio", label_column="label")
+    splits = build_splits(
+        raw,
+        source=str(root),
+        input_column="audio",
+        label_column="label",
+        problem=PROBLEMS["single_label"],
+    )
     inputs = AudioInputs(str(checkpoint), "audio", **kwargs)
     return inputs.encode(splits), inputs
 

@@ -14,6 +14,7 @@ import pytest
 from sft.data.sources import load_raw
 from sft.data.splits import build_splits
 from sft.errors import SftError
+from sft.problems import PROBLEMS
 from tests.conftest import make_rows, run_cli
 from tests.test_audio import audiofolder, tiny_wav2vec2  # noqa: F401 (fixtures)
 from tests.test_bad_input import error_line, fails
@@ -172,7 +173,7 @@ def test_empty_train_label_is_named_with_its_split_source_and_row():
     with pytest.raises(SftError) as info:
         build_splits(
             datasets.DatasetDict(train=train), source="corpus", input_column="text",
-            label_column="label",
+            label_column="label", problem=PROBLEMS["single_label"],
         )  # fmt: skip
     assert str(info.value) == (
         "the train split of corpus has 1 empty label(s) in column 'label' (the first in row 3); "

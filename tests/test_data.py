@@ -15,6 +15,7 @@ import pytest
 from sft.data.sources import load_raw
 from sft.data.splits import LABELS, build_splits
 from sft.errors import SftError
+from sft.problems import PROBLEMS
 
 LATIN1 = b"caf\xe9 \xa3"  # "café £" in Latin-1; invalid UTF-8
 
@@ -58,6 +59,7 @@ def _build(raw: datasets.DatasetDict, **kwargs):
     kwargs.setdefault("source", "src")
     kwargs.setdefault("input_column", "text")
     kwargs.setdefault("label_column", "label")
+    kwargs.setdefault("problem", PROBLEMS["single_label"])
     return build_splits(raw, **kwargs)
 
 
@@ -425,7 +427,7 @@ def test_build_splits_needs_two_labels():
         {"train": datasets.Dataset.from_dict({"text": ["a", "b"], "label": ["x", "x"]})}
     )
     with pytest.raises(SftError, match="at least two"):
-        build_splits(raw, source="mem", input_column="text", label_column="label")
+        _build(raw, source="mem")
 
 
 def test_build_splits_ignores_a_split_with_hidden_labels():
@@ -436,8 +438,6 @@ def test_build_splits_ignores_a_split_with_hidden_labels():
     ).cast_column("label", names)
     test = datasets.Dataset.from_dict({"text": ["u", "v"], "label": [-1, -1]})
     raw = datasets.DatasetDict({"train": train, "test": test})
-    splits = build_splits(
-        raw, source="glue", input_column="text", label_column="label", test_fraction=0.2
-    )
+    splits = _build(raw, source="glue", test_fraction=0.2)
     assert splits.labels == ["neg", "pos"]
     assert len(splits.test) == 4  # carved from train instead

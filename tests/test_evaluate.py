@@ -80,8 +80,8 @@ def test_labels_the_model_does_not_know_are_named(tmp_path, text_run, other_data
     result = evaluate(text_run, f"data.path={root}", "data.label_column=topic", cwd=tmp_path)
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
-    assert "has labels the model does not know: ['weather']" in last
-    assert "the model's labels are" in last
+    assert "has label(s) ['weather'] that train never saw" in last
+    assert "train labels: [" in last
 
 
 def test_a_missing_split_or_data_path_is_named(tmp_path, text_run, other_data):

@@ -12,6 +12,7 @@ import torch
 from sft import finetune, optim
 from sft.errors import SftError
 from sft.loss import class_weights, cross_entropy
+from sft.problems import PROBLEMS
 from tests.conftest import KINDS, run_tiny_text
 
 
@@ -384,7 +385,10 @@ def test_frozen_batchnorm_statistics_do_not_move_during_training(models, tmp_pat
     accelerator = Accelerator(cpu=True)
     settings = TrainerConfig(progress=False, log_every=1)
     scheduler = get_scheduler("constant", optimizer)
-    loop.fit(accelerator, model, optimizer, scheduler, train, train, settings, 4, lambda r: None)
+    loop.fit(
+        accelerator, model, optimizer, scheduler, train, train, settings, 4, lambda r: None,
+        problem=PROBLEMS["single_label"],
+    )  # fmt: skip
     for name, buffer in model.named_buffers():
         assert torch.equal(buffer, before[name]), name
     assert any(m.training for m in model.modules())  # the head itself still trains

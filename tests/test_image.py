@@ -18,6 +18,7 @@ from sft.data.loaders import loaders
 from sft.errors import SftError
 from sft.modalities.image import ImageInputs, image_augmenter, num_channels
 from sft.prepare import tiny_model
+from sft.problems import PROBLEMS
 from tests.conftest import assert_run_outputs, run_cli
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
@@ -68,7 +69,13 @@ def imagefolder(tmp_path):
 
 def splits_of(root, column="image"):
     raw = load_raw(str(root), input_column=column, input_is_path=True)
-    return build_splits(raw, source=str(root), input_column=column, label_column="label")
+    return build_splits(
+        raw,
+        source=str(root),
+        input_column=column,
+        label_column="label",
+        problem=PROBLEMS["single_label"],
+    )
 
 
 def test_imagefolder_loads_paths_and_class_labels(imagefolder):
@@ -176,7 +183,12 @@ def test_hub_style_image_column_is_accepted(tmp_path, tiny_vit):
     ds.save_to_disk(str(tmp_path / "saved"))
     raw = load_raw(str(tmp_path / "saved"), input_column="img", input_is_path=True)
     splits = build_splits(
-        raw, source="saved", input_column="img", label_column="label", eval_fraction=0.25
+        raw,
+        source="saved",
+        input_column="img",
+        label_column="label",
+        eval_fraction=0.25,
+        problem=PROBLEMS["single_label"],
     )
     inputs = ImageInputs(str(tiny_vit), "img")
     batch = inputs.collator(train=False)([inputs.encode(splits).train[0]])

@@ -39,12 +39,6 @@ def test_task_names_appear_only_in_the_registry_and_the_schema(path):
 PROBLEM_NAMES = re.compile(
     r"""["'](single_label|multi_label|regression)["']|(single|multi)_label_classification"""
 )
-# Modules that still branch on a problem's name, each to move into sft/problems/ (issue 25):
-# the list only shrinks, and a module that no longer names one must leave it.
-STILL_NAMING_PROBLEMS = {
-    "card.py", "data/loaders.py", "data/splits.py", "data/targets.py", "evaluate.py", "loop.py",
-    "metrics.py", "model.py", "plots.py", "sweep.py",
-}  # fmt: skip
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -53,10 +47,7 @@ def test_problem_names_appear_only_in_their_home_and_the_schema(path):
     if where.startswith("problems/") or where in ("config.py", "validation.py"):
         return
     names = PROBLEM_NAMES.search(path.read_text())
-    if where in STILL_NAMING_PROBLEMS:
-        assert names, f"{where} names no problem now: remove it from STILL_NAMING_PROBLEMS"
-    else:
-        assert not names, f"{where} names a problem ({names[0]}): ask sft.problems"
+    assert not names, f"{where} names a problem ({names[0]}): ask sft.problems"
 
 
 # python -m sft.<name>

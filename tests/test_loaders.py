@@ -18,6 +18,7 @@ from sft.data import build_splits
 from sft.data.loaders import loaders
 from sft.modalities.text import TextInputs
 from sft.model import load_classifier
+from sft.problems import PROBLEMS
 
 BATCH = 4
 
@@ -34,7 +35,12 @@ def varied(tiny_checkpoint):
     rng.shuffle(rows)
     raw = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
     splits = build_splits(
-        raw, source="mem", input_column="text", label_column="label", test_fraction=0.25
+        raw,
+        source="mem",
+        input_column="text",
+        label_column="label",
+        test_fraction=0.25,
+        problem=PROBLEMS["single_label"],
     )
     inputs = TextInputs(str(tiny_checkpoint), "text", max_length=64)
     return inputs.encode(splits), inputs
@@ -87,7 +93,7 @@ def test_evaluation_runs_longest_first_with_predictions_beside_labels(varied, ti
     assert len(sizes) == len(splits.test)
 
     model = load_classifier(str(tiny_checkpoint), splits.labels).eval()
-    result = loop.evaluate(Accelerator(cpu=True), model, test)
+    result = loop.evaluate(Accelerator(cpu=True), model, test, PROBLEMS["single_label"])
     assert sorted(result.references.tolist()) == sorted(splits.test["labels"])
     with torch.no_grad():  # each example alone, in the split's own order
         alone = {}

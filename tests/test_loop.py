@@ -17,6 +17,7 @@ from sft.data import build_splits
 from sft.modalities.text import TextInputs
 from sft.model import load_classifier
 from sft.optim import make_optimizer, param_groups
+from sft.problems import PROBLEMS
 from tests.conftest import make_rows
 
 
@@ -28,7 +29,13 @@ def encoded(tiny_checkpoint):
             "test": datasets.Dataset.from_list(make_rows(4, seed=2)),
         }
     )
-    splits = build_splits(raw, source="mem", input_column="text", label_column="label")
+    splits = build_splits(
+        raw,
+        source="mem",
+        input_column="text",
+        label_column="label",
+        problem=PROBLEMS["single_label"],
+    )
     inputs = TextInputs(str(tiny_checkpoint), "text", max_length=32)
     return inputs.encode(splits), inputs
 
@@ -54,8 +61,9 @@ def run_fit(tiny_checkpoint, encoded, total_steps: int, **settings):
     scheduler = get_scheduler("linear", optimizer, 0, total_steps)
     rows: list[dict] = []
     outcome = loop.fit(
-        accelerator, model, optimizer, scheduler, train, val, settings, total_steps, rows.append
-    )
+        accelerator, model, optimizer, scheduler, train, val, settings, total_steps, rows.append,
+        problem=PROBLEMS["single_label"],
+    )  # fmt: skip
     return outcome, rows, accelerator.unwrap_model(model)
 
 
@@ -109,7 +117,7 @@ def test_best_state_holds_the_weights_of_the_best_evaluation(tiny_checkpoint, en
     accelerator = Accelerator(cpu=True)
     data, inputs = encoded
     val = DataLoader(data.validation, batch_size=8, collate_fn=inputs.collator(train=False))
-    again = loop.evaluate(accelerator, model, val)
+    again = loop.evaluate(accelerator, model, val, PROBLEMS["single_label"])
     assert again.loss == pytest.approx(best_rows[-1]["loss"], rel=1e-5)
 
 

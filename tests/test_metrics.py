@@ -1,4 +1,5 @@
-"""`sft.metrics` against scikit-learn on seeded random predictions."""
+"""Single-label scores (through `evaluate`, sft/metrics.py) against scikit-learn on seeded
+random predictions."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from sft.metrics import headline, report
+from sft.problems import PROBLEMS
+
+headline, report = PROBLEMS["single_label"].scores, PROBLEMS["single_label"].report
 
 
 def _case(seed: int, n: int, n_classes: int, drop_from_predictions: int | None):

@@ -17,6 +17,7 @@ from sft.data import corpora, load_raw
 from sft.data.splits import LABELS, build_splits
 from sft.errors import SftError
 from sft.prepare import main
+from sft.problems import PROBLEMS
 
 COMMON = ["role::program", "interface::commandline"]  # on every tagged package: kept
 RARE = "game::strategy"  # on one package: pruned
@@ -112,7 +113,11 @@ def test_prepared_debtags_load_as_multi_label_targets(tmp_path):
     corpora.debtags([tmp_path], tmp_path / "out", min_examples=5)
     raw = load_raw(str(tmp_path / "out"))
     splits = build_splits(
-        raw, source="debtags", input_column="text", label_column="tags", problem="multi_label"
+        raw,
+        source="debtags",
+        input_column="text",
+        label_column="tags",
+        problem=PROBLEMS["multi_label"],
     )
     assert splits.labels == sorted([*COMMON, "use::editing", "devel::doc"])
     assert len(splits.train[0][LABELS]) == 4
@@ -203,7 +208,11 @@ def test_prepared_tweets_load_as_regression_targets(tmp_path):
     raw = load_raw(str(tmp_path / "out"))
     assert sorted(raw) == sorted(corpora.SPLITS)
     splits = build_splits(
-        raw, source="tweets", input_column="text", label_column="year", problem="regression"
+        raw,
+        source="tweets",
+        input_column="text",
+        label_column="year",
+        problem=PROBLEMS["regression"],
     )
     assert splits.labels == ["year"]
     assert all(2009 <= y[0] < 2018 for y in splits.train[LABELS])

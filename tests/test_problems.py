@@ -58,6 +58,7 @@ def tagged_rows(n: int, seed: int) -> list[dict]:
 
 def splits_of(rows, **kwargs):
     raw = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
+    kwargs["problem"] = PROBLEMS[kwargs.get("problem", "single_label")]
     return build_splits(raw, source="mem", input_column="text", **kwargs)
 
 
@@ -154,7 +155,7 @@ def test_a_label_train_never_saw_is_named():
     )
     with pytest.raises(SftError, match=r"test split of mem has label\(s\) \['new'\]"):
         build_splits(raw, source="mem", input_column="text", label_column="tags",
-                     problem="multi_label")  # fmt: skip
+                     problem=PROBLEMS["multi_label"])  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- losses, scores

@@ -3,7 +3,7 @@ train split's sampler: shuffled, balanced, or the modality's own)."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import datasets
 import numpy as np
@@ -17,6 +17,9 @@ from sft.data.splits import LABELS, Splits, build_splits
 from sft.feature_cache import FeatureCache
 from sft.modalities import Inputs, Modality
 
+if TYPE_CHECKING:
+    from sft.problems import Problem
+
 
 def load_data(
     modality: Modality,
@@ -24,7 +27,7 @@ def load_data(
     data: DataConfig,
     augment: AugmentConfig,
     seed: int,
-    problem: str = "single_label",
+    problem: Problem,
 ) -> tuple[Splits, Inputs]:
     """The checked, encoded splits of `data`, with targets for `problem`, and the `Inputs` that
     batch them."""

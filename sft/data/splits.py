@@ -9,6 +9,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
@@ -17,6 +18,9 @@ from sklearn.model_selection import train_test_split
 from sft.data.columns import column_values, require_columns
 from sft.data.targets import TargetSpec, arrow_column, read_targets
 from sft.errors import SftError
+
+if TYPE_CHECKING:
+    from sft.problems import Problem
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +58,20 @@ def build_splits(
     source: str,
     input_column: str,
     label_column: str,
+    problem: Problem,
     input_key: str = "data.text_column",
     eval_fraction: float = 0.1,
     test_fraction: float = 0.0,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
     seed: int = 42,
-    problem: str = "single_label",
     label_columns: list[str] | tuple[str, ...] = (),
     label_separator: str | None = None,
 ) -> Splits:
     """Check columns and targets, carve missing validation/test splits out of train (stratified
-    by class for single-label problems), cap sizes. Targets and their names: see
-    sft/data/targets.py."""
-    spec = TargetSpec(problem, label_column, tuple(label_columns or ()), label_separator)
+    by class where `problem` stratifies), cap sizes. Targets and their names: `problem` reads
+    them (sft/data/targets.py)."""
+    spec = TargetSpec(label_column, tuple(label_columns or ()), label_separator)
     if "train" not in raw:
         raise SftError(
             f"{source} has no train split (found: {sorted(raw)}); name a file or folder 'train'"
@@ -78,12 +82,12 @@ def build_splits(
         if len(ds) == 0:
             raise SftError(f"the {split} split of {source} is empty; it needs at least one row")
 
-    names, targets = read_targets(raw, spec, source)
+    names, targets = read_targets(raw, spec, problem, source)
     encoded = {
         split: raw[split].select_columns([input_column]).add_column(LABELS, arrow_column(values))
         for split, values in targets.items()
     }
-    by_class = problem == "single_label"
+    by_class = problem.stratifies
     train = encoded["train"]
     test = encoded.get("test")
     if test is None and test_fraction > 0:

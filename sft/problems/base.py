@@ -1,21 +1,36 @@
-"""What every problem type answers (`Problem`): the training loss, how logits become
-predictions, the scores and the decision rule tuned on validation. The types: one module each
-beside this one, registered in sft/problems/__init__.py."""
+"""What every problem type answers (`Problem`): what a target is in the data, the training
+loss, how logits become predictions, the scores and the decision rule tuned on validation, the
+plot of an evaluation and the model card's rows. The types: one module each beside this one,
+registered in sft/problems/__init__.py."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 
+from sft import metrics
 from sft.config import LossConfig
+from sft.data.targets import Encoder, TargetSpec
 
 if TYPE_CHECKING:
+    import datasets
+
     from sft.state import Evaluation
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class CardMetric(NamedTuple):
+    """A score the model card reports, and how the Hub's model-index names it."""
+
+    key: str  # in metrics.json
+    hub_type: str  # the Hub metric's id
+    name: str  # as the card shows it
+    args: dict | None = None
 
 
 class Problem:
@@ -23,8 +38,37 @@ class Problem:
     problem_type: str  # transformers' `config.problem_type`: pipelines score by it
     metrics: tuple[str, ...]  # what `trainer.metric` may name besides loss; the first: default
 
+    metric_modules: tuple[tuple[str, str | None], ...]  # the (evaluate module, config) pairs
+    card_metrics: tuple[CardMetric, ...]  # what the model card reports, in its order
+    settings: tuple[str, ...] = ()  # config keys only this problem reads (the card shows them)
+    tag: str | None = None  # the Hub tag beside the task's
+
     tunes = False  # whether `tune` learns anything from validation outputs
     needs_every_score = True  # whether sft.predict asks the pipeline for every label's score
+    stratifies = False  # whether held-out splits keep each class's share of train
+    # The card's usage example: what the pipeline call adds, and what its scores are.
+    pipeline_args = ", top_k=None"
+    usage_note = ""
+
+    def load_metrics(self) -> None:
+        """Import `evaluate` and load the modules this problem's scores use, now rather than
+        at the first evaluation: callers that time evaluations time the work, not this."""
+        for name, config in self.metric_modules:
+            metrics.module(name, config)
+
+    # -- targets (sft/data/targets.py reads each split through these) ----------------------
+    def target_names(self, train: datasets.Dataset, spec: TargetSpec, where: str) -> list[str]:
+        """The label (or target) names that the train split's targets define, checked."""
+        raise NotImplementedError
+
+    def target_encoder(self, spec: TargetSpec, names: list[str]) -> Encoder:
+        """encode(split, where) -> the split's targets as an array, for a model of `names`:
+        an SftError names the row, column and value that cannot be one."""
+        raise NotImplementedError
+
+    def unlabelled(self, ds: datasets.Dataset, spec: TargetSpec) -> bool:
+        """Whether `ds` hides its targets (as GLUE's test splits do): left out, not an error."""
+        return False
 
     def metric(self, requested: str) -> str:
         """`trainer.metric`, with auto resolved to this problem's default."""
@@ -80,6 +124,25 @@ class Problem:
 
     def describes(self, results: dict[str, Any]) -> str:
         """The model card's sentence on what the model predicts, from the run's metrics.json."""
+        raise NotImplementedError
+
+    def kind(self, task_kind: str) -> str:
+        """What the card calls the model: 'text classification' for single-label."""
+        return task_kind
+
+    def per_label_table(self, results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+        """The card's per-label table (header, rows) from metrics.json; no rows: none."""
+        rows = [
+            [n, *(f"{c[k]:.4f}" for k in ("precision", "recall", "f1")), str(c["support"])]
+            for n, c in results["per_class"].items()
+        ]
+        return ["label", "precision", "recall", "F1", "support"], rows
+
+    def plot_outcome(
+        self, report: dict, predictions: np.ndarray, references: np.ndarray, title: str, out: Path
+    ) -> Path:
+        """The plot of one evaluation (`report`: its metrics.json) in folder `out`, as suits
+        the problem (sft/plots.py draws it)."""
         raise NotImplementedError
 
     def report(

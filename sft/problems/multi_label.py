@@ -1,21 +1,34 @@
 """Any number of labels per example: a sigmoid score per label, each predicted above one
-threshold tuned on validation."""
+threshold tuned on validation. Targets: `data.label_column` holding lists, or strings split at
+`data.label_separator`; or `data.label_columns`, one 0/1 column per label (the column names are
+the label names)."""
 
 from __future__ import annotations
 
 import dataclasses
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import precision_recall_fscore_support
 
 from sft import metrics
 from sft.config import LossConfig
+from sft.data.columns import column_values
+from sft.data.targets import (
+    Encoder,
+    TargetSpec,
+    empty,
+    feature_kind,
+    filled_values,
+    refuse_unseen,
+)
 from sft.errors import SftError
-from sft.metrics import MULTI_LABEL_HEADLINE
-from sft.problems.base import Loss, Problem
+from sft.problems.base import CardMetric, Loss, Problem
 
 if TYPE_CHECKING:
     from sft.state import Evaluation
@@ -26,7 +39,20 @@ class MultiLabel(Problem):
     tuned on validation at every evaluation (`tune`; 0.5 before any)."""
 
     name, problem_type = "multi_label", "multi_label_classification"
-    metrics = MULTI_LABEL_HEADLINE
+    # Macro-F1 (f1), micro-F1 (f1_micro) and subset accuracy (accuracy: every label right)
+    metrics = ("f1", "f1_micro", "accuracy")
+    metric_modules = (("accuracy", "multilabel"), ("f1", "multilabel"))
+    card_metrics = (
+        CardMetric("f1", "f1", "Macro F1", {"average": "macro"}),
+        CardMetric("f1_micro", "f1", "Micro F1", {"average": "micro"}),
+        CardMetric("accuracy", "accuracy", "Subset accuracy"),
+    )
+    settings = ("loss.pos_weight",)
+    tag = "multi-label"
+    usage_note = (
+        "Every label gets its sigmoid score; the labels above the threshold "
+        "(`multi_label_threshold` in config.json) are the prediction.\n\n"
+    )
     tunes = True
     THRESHOLD = 0.5  # before any tuning, and for a saved model that carries none
     # The thresholds tried on validation: steps of 0.05, and finer in the tails, where weighted
@@ -34,6 +60,40 @@ class MultiLabel(Problem):
     # and the choice of the first debtags run with pos_weight).
     GRID = np.round(np.r_[0.01, 0.02, 0.03, np.arange(0.05, 0.951, 0.05), 0.97, 0.98, 0.99], 2)
 
+    # -- targets -----------------------------------------------------------------------------
+    def target_names(self, train, spec, where) -> list[str]:
+        if spec.columns:
+            return list(spec.columns)
+        names = sorted({label for labels in _label_sets(train, spec, where) for label in labels})
+        if not names:
+            raise SftError(
+                f"{where} has no labels at all in column '{spec.column}': every row's label set "
+                f"is empty; check data.label_column and data.label_separator"
+            )
+        return names
+
+    def target_encoder(self, spec: TargetSpec, names: list[str]) -> Encoder:
+        if spec.columns:
+            if list(spec.columns) != names:
+                raise SftError(
+                    f"data.label_columns={list(spec.columns)} differ from the model's labels "
+                    f"{names}; name one 0/1 column per label, in that order"
+                )
+            return partial(_indicator_columns, names)
+        index = {name: i for i, name in enumerate(names)}
+
+        def encode(ds: datasets.Dataset, where: str) -> np.ndarray:
+            sets = _label_sets(ds, spec, where)
+            unseen = sorted({x for labels in sets for x in labels} - set(index))
+            refuse_unseen(unseen, names, where)
+            hot = np.zeros((len(sets), len(names)), dtype=np.float32)
+            for row, labels in enumerate(sets):
+                hot[row, [index[x] for x in labels]] = 1.0
+            return hot
+
+        return encode
+
+    # -- training and scores -----------------------------------------------------------------
     def head_bias(self, cfg: LossConfig, train_targets: np.ndarray) -> np.ndarray:
         """Each label's log odds in train (times its pos_weight): the constant logit the loss
         is lowest at. From 0 a new head's first steps go to pushing every score down toward
@@ -71,7 +131,7 @@ class MultiLabel(Problem):
 
         def score(t: float) -> tuple[float, float]:
             predictions = self.predict(validation.logits, t)
-            score = metrics.multi_label_headline(predictions, refs, (metric,))[metric]
+            score = _headline(predictions, refs, (metric,))[metric]
             return score, -abs(t - 0.5)
 
         return {"multi_label_threshold": float(max(self.GRID, key=score))}
@@ -100,12 +160,87 @@ class MultiLabel(Problem):
         return dataclasses.replace(evaluation, predictions=predictions, scores=scores)
 
     def scores(self, predictions, references) -> dict[str, float]:
-        return metrics.multi_label_headline(predictions, references.astype(np.int64))
+        return _headline(predictions, references.astype(np.int64), self.metrics)
 
     def report(self, predictions, references, labels) -> dict[str, Any]:
-        return metrics.multi_label_report(predictions, references.astype(np.int64), labels)
+        """`scores` plus precision/recall/F1/support per label."""
+        references = references.astype(np.int64)
+        precision, recall, f1, support = precision_recall_fscore_support(
+            references, predictions, zero_division=0
+        )
+        return {
+            **self.scores(predictions, references),
+            "num_examples": len(references),
+            "per_class": metrics.per_class(labels, precision, recall, f1, support),
+            "labels": labels,
+        }
+
+    # -- what users see ----------------------------------------------------------------------
+    def kind(self, task_kind: str) -> str:
+        return f"multi-label {task_kind}"
+
+    def plot_outcome(self, report, predictions, references, title, out) -> Path:
+        from sft import plots  # matplotlib: only when drawing
+
+        return plots.plot_per_label(
+            report["per_class"], f"{title} scores per label", out / "per_label.png"
+        )
+
+
+def _headline(predictions: np.ndarray, references: np.ndarray, names) -> dict[str, float]:
+    """Those of the `metrics` named in `names`, on 0/1 rows with one column per label."""
+    args = {"predictions": predictions.tolist(), "references": references.tolist()}
+    f1, accuracy = metrics.module("f1", "multilabel"), metrics.module("accuracy", "multilabel")
+    compute = {
+        "f1": lambda: f1.compute(**args, average="macro")["f1"],
+        "f1_micro": lambda: f1.compute(**args, average="micro")["f1"],
+        "accuracy": lambda: accuracy.compute(**args)["accuracy"],
+    }
+    return {name: float(compute[name]()) for name in names}
 
 
 def _binary_cross_entropy(logits, targets, pos_weight):
     weight = pos_weight.to(logits.device) if pos_weight is not None else None
     return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=weight)
+
+
+def _label_sets(ds: datasets.Dataset, spec: TargetSpec, where: str) -> list[set[str]]:
+    """Each row's set of label names (as strings), from lists or separated strings."""
+    column, separator = spec.column, spec.separator
+    feature = ds.features[column]
+    is_list = isinstance(feature, (datasets.Sequence, datasets.List, list, datasets.LargeList))
+    if not is_list and separator is None:
+        raise SftError(
+            f"column '{column}' of {where} holds {feature_kind(feature)}, not lists of labels; "
+            f"for multi_label give a list column, set data.label_separator=<the character "
+            f"between labels, e.g. ','>, or give one 0/1 column per label with "
+            f"data.label_columns"
+        )
+    sets = []
+    for row, value in enumerate(column_values(ds, column)):
+        if empty(value):
+            sets.append(set())  # no labels: a row can have none
+        elif isinstance(value, list):
+            sets.append({str(v) for v in value if not empty(v)})
+        elif isinstance(value, str) and separator is not None:
+            sets.append({part.strip() for part in value.split(separator) if part.strip()})
+        else:
+            raise SftError(
+                f"row {row + 1} of {where}, column '{column}': {value!r} is not a list of "
+                f"labels; give lists, or strings of labels joined by data.label_separator"
+            )
+    return sets
+
+
+def _indicator_columns(names: list[str], ds: datasets.Dataset, where: str) -> np.ndarray:
+    """One 0/1 column per label, named as the label."""
+    hot = np.zeros((len(ds), len(names)), dtype=np.float32)
+    for j, column in enumerate(names):
+        for row, value in enumerate(filled_values(ds, column, where)):
+            if value not in (0, 1):  # True and False compare equal to 1 and 0
+                raise SftError(
+                    f"row {row + 1} of {where}, column '{column}': {value!r} is not 0 or 1; "
+                    f"data.label_columns name one 0/1 column per label"
+                )
+            hot[row, j] = float(value)
+    return hot

@@ -1,17 +1,26 @@
 """Numbers per example, predicted as they are; optionally learnt standardised, with the scale
-folded back into the saved output layer."""
+folded back into the saved output layer. Targets: `data.label_column` (one number per row), or
+`data.label_columns` (several)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from sft import metrics
 from sft.config import LossConfig
-from sft.problems.base import Loss, Problem
+from sft.data.targets import Encoder, TargetSpec, filled_values
+from sft.errors import SftError
+from sft.problems.base import CardMetric, Loss, Problem
+
+# metrics.json key -> the metric module computing it (and its result key)
+MODULES = {"mse": "mse", "mae": "mae", "r2": "r_squared", "pearson": "pearsonr",
+           "spearman": "spearmanr"}  # fmt: skip
 
 
 class Regression(Problem):
@@ -22,10 +31,46 @@ class Regression(Problem):
 
     name, problem_type = "regression", "regression"
     metrics = ("mse", "mae", "r2", "pearson", "spearman")
+    metric_modules = tuple((m, config) for m in MODULES.values() for config in (None, "multilist"))
+    card_metrics = (
+        CardMetric("mse", "mse", "MSE"),
+        CardMetric("mae", "mae", "MAE"),
+        CardMetric("r2", "r_squared", "R²"),
+        CardMetric("pearson", "pearsonr", "Pearson"),
+        CardMetric("spearman", "spearmanr", "Spearman"),
+    )
+    settings = ("loss.regression", "data.standardize_targets")
+    tag = "regression"
+    usage_note = (
+        "Each score is a predicted value (config.json's `problem_type` is regression, so the "
+        "pipeline applies no function to the outputs).\n\n"
+    )
 
     def __init__(self, mean: np.ndarray | None = None, std: np.ndarray | None = None):
         self.mean, self.std = mean, std
 
+    # -- targets -----------------------------------------------------------------------------
+    def target_names(self, train, spec, where) -> list[str]:
+        return list(spec.sources)
+
+    def target_encoder(self, spec: TargetSpec, names: list[str]) -> Encoder:
+        if len(spec.sources) != len(names):
+            raise SftError(
+                f"the model predicts {len(names)} target(s) {names}, but {spec.key} names "
+                f"{len(spec.sources)}: {list(spec.sources)}; name one column per target"
+            )
+        columns = list(spec.sources)
+
+        def encode(ds: datasets.Dataset, where: str) -> np.ndarray:
+            out = np.zeros((len(ds), len(columns)), dtype=np.float32)
+            for j, column in enumerate(columns):
+                for row, value in enumerate(filled_values(ds, column, where)):
+                    out[row, j] = _number(value, row, column, where)
+            return out
+
+        return encode
+
+    # -- training and scores -----------------------------------------------------------------
     def fitted(self, train_targets, model, standardize):
         if not standardize:
             return self
@@ -67,6 +112,7 @@ class Regression(Problem):
                 layer.bias.mul_(std.to(layer.bias.device)).add_(mean.to(layer.bias.device))
         super().bake_into(model, tuned)
 
+    # -- what users see ----------------------------------------------------------------------
     def prediction(self, scores, config, top_k) -> dict[str, Any]:
         """Each target's value, in the model's order."""
         value = {s["label"]: s["score"] for s in scores}
@@ -75,11 +121,57 @@ class Regression(Problem):
     def describes(self, results) -> str:
         return f"It predicts {', '.join(results['labels'])} (the model's outputs are the values)."
 
+    def kind(self, task_kind: str) -> str:
+        return task_kind.replace("classification", "regression")
+
+    def per_label_table(self, results) -> tuple[list[str], list[list[str]]]:
+        keys = ("mse", "mae", "r2", "pearson")
+        targets = results.get("per_target", {})
+        rows = [[n, *(f"{t[k]:.4f}" for k in keys)] for n, t in targets.items()]
+        return ["target", "MSE", "MAE", "R²", "Pearson"], rows
+
+    def plot_outcome(self, report, predictions, references, title, out) -> Path:
+        from sft import plots  # matplotlib: only when drawing
+
+        return plots.plot_predicted(
+            predictions, references, report["labels"], title, out / "predicted.png"
+        )
+
     def scores(self, predictions, references) -> dict[str, float]:
-        return metrics.regression_scores(predictions, references)
+        """MSE, MAE, R², Pearson and Spearman; averaged over targets where there are several."""
+        several = predictions.ndim == 2 and predictions.shape[1] > 1
+        if not several:
+            predictions, references = predictions.reshape(-1), references.reshape(-1)
+        config = "multilist" if several else None
+        args = {"predictions": predictions.tolist(), "references": references.tolist()}
+        return {
+            key: float(metrics.module(m, config).compute(**args)[m]) for key, m in MODULES.items()
+        }
 
     def report(self, predictions, references, labels) -> dict[str, Any]:
-        report = metrics.regression_report(predictions, references, labels)
+        """`scores`, and the same per target when there are several."""
+        report = {**self.scores(predictions, references), "num_examples": len(references)}
+        if len(labels) > 1:
+            report["per_target"] = {
+                name: self.scores(predictions[:, j], references[:, j])
+                for j, name in enumerate(labels)
+            }
+        report["labels"] = labels
         if self.mean is not None:
             report["standardized_targets"] = {"mean": self.mean.tolist(), "std": self.std.tolist()}
         return report
+
+
+def _number(value, row: int, column: str, where: str) -> float:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SftError(
+            f"row {row + 1} of {where}, column '{column}': {value!r} is not a number; "
+            f"regression targets must parse as floats (fix or drop the row)"
+        ) from None
+    if not np.isfinite(number):
+        raise SftError(f"row {row + 1} of {where}, column '{column}': {value!r} is not finite")
+    return number
