@@ -116,10 +116,10 @@ def write_data(job: Job, out: Path) -> Path:
 
 
 def bf16_is_fast() -> bool:
-    """A GPU, or a CPU with AMX: where bf16 runs faster than fp32 (sft.accelerator)."""
+    """A GPU, or a CPU with AMX: where bf16 runs faster than fp32 (sft.training.accelerator)."""
     import torch
 
-    from sft.accelerator import cpu_bf16_units
+    from sft.training.accelerator import cpu_bf16_units
 
     return torch.cuda.is_available() or "amx_bf16" in cpu_bf16_units()
 
@@ -128,7 +128,7 @@ def machine() -> str:
     """The processor the figures came from, and what decides its precision."""
     import torch
 
-    from sft.accelerator import cpu_bf16_units, cpu_name
+    from sft.training.accelerator import cpu_bf16_units, cpu_name
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()

@@ -125,8 +125,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--smoke", action="store_true", help="MiniLM on a tiny batch, once")
     args = parser.parse_args()
-    from sft.accelerator import cpu_bf16_units, cpu_name
-    from sft.dropout import use_fast_dropout
+    from sft.training.accelerator import cpu_bf16_units, cpu_name
+    from sft.training.dropout import use_fast_dropout
 
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "best")
     fast = "amx_bf16" in cpu_bf16_units() and isa == "best"

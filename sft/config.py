@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import importlib.util
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -84,7 +86,7 @@ class AugmentConfig:
 
 @dataclass
 class FinetuneConfig:
-    """What trains. Blocks are found from the model's structure (see sft/finetune.py)."""
+    """What trains. Blocks are found from the model's structure (see sft/training/finetune.py)."""
 
     strategy: str = "full"  # full | head_only | top_k | pattern | gradual | lora
     k: int = 2  # top_k: how many of the top blocks train (with the head)
@@ -97,8 +99,8 @@ class FinetuneConfig:
     dropout: float = 0.1
     target_modules: list[str] | None = None
     merge: bool = True  # save a plain model with adapters merged in; false saves the adapter
-    # When the lowest blocks are frozen and train inputs are the same every epoch (no
-    # augmentation), compute the frozen blocks' output once and train on it (sft/feature_cache.py)
+    # With the lowest blocks frozen and the same train inputs every epoch (no augmentation),
+    # compute the frozen blocks' output once and train on it (sft/training/feature_cache.py)
     cache_features: bool = True
     cache_max_gib: float = 4.0  # ... unless the features would take more memory than this
 
@@ -142,7 +144,7 @@ class TrainerConfig:
     grad_accum_steps: int = 1  # the optimizer steps every N batches
     max_grad_norm: float = 1.0  # clip gradients at this norm, or disable with 0
     # auto | fp32 | bf16 | fp16; auto = bf16 on a CPU with AMX, fp32 on other CPUs (bf16 is
-    # slower there: emulated, or AVX-512 BF16 alone), bf16/fp16 on GPU (sft.accelerator)
+    # slower there: emulated, or AVX-512 BF16 alone), bf16/fp16 on GPU (sft.training.accelerator)
     precision: str = "auto"
     eval_every: int | None = None  # evaluate every N optimizer steps; None = each epoch end
     log_every: int = 10  # optimizer steps between history records
@@ -171,7 +173,7 @@ class LoggerConfig:
 
 @dataclass
 class HubConfig:
-    """Where `push_to_hub=true` publishes the finished run (see sft/hub.py)."""
+    """Where `push_to_hub=true` publishes the finished run (see sft/publishing/hub.py)."""
 
     repo_id: str | None = None  # user/name or org/name
     private: bool = False
@@ -321,14 +323,20 @@ def launch_time() -> datetime:
     return datetime.now()
 
 
+def sweep_name() -> str:
+    """The same sweep directory name for the same command line (which every job of the sweep
+    sees): rerunning a sweep skips its finished jobs and resumes its interrupted ones."""
+    overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
+    recipe = next((o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")), "sweep")
+    digest = hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8]
+    return f"{recipe}-{digest}"
+
+
 def register() -> None:
-    """Make the schema and the `${sft.package:...}` / `${sft.repo:...}` /
-    `${sft.converted:...}` / `${sft.launch_time:<strftime format>}` / `${sft.sweep_name:}`
-    resolvers known."""
+    """Make the schema and the `${sft.package:...}` / `${sft.repo:...}` / `${sft.converted:...}`
+    / `${sft.launch_time:<strftime format>}` / `${sft.sweep_name:}` resolvers known."""
     ConfigStore.instance().store(name="schema", node=Config)
     if not OmegaConf.has_resolver("sft.sweep_name"):
-        from sft.sweep import sweep_name
-
         OmegaConf.register_new_resolver("sft.sweep_name", sweep_name, use_cache=True)
     if not OmegaConf.has_resolver("sft.launch_time"):
         OmegaConf.register_new_resolver(

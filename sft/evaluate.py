@@ -18,7 +18,7 @@ from typing import Any
 from sft import cli
 from sft import config as schema
 from sft.errors import SftError
-from sft.run_dir import write_json
+from sft.runs.directory import write_json
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,17 @@ def evaluate_model(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Metrics of the model in `source` on the data the overrides name; writes them out."""
-    from sft import loop, problems
-    from sft.accelerator import decide_precision, device_type, fresh_accelerator, launcher_choice
+    from sft import problems
     from sft.data.loaders import eval_loader, load_raw_data
     from sft.data.splits import Splits
-    from sft.model import resolve
+    from sft.training import loop
+    from sft.training.accelerator import (
+        decide_precision,
+        device_type,
+        fresh_accelerator,
+        launcher_choice,
+    )
+    from sft.training.model import resolve
 
     found = resolve(source)
     base = found.run.config if found.run is not None else {"task": found.task}
@@ -77,7 +83,7 @@ def evaluate_model(
     name = Path(cfg.data.path).name or "data"
     parent = found.run.evaluations if found.run is not None else Path("evaluations")
     out = output_dir or parent / f"{name}-{split}"
-    problem.plot_outcome(report, result.predictions, result.references, f"{name} {split}", out)
+    problem.plot_outcome(report, result, f"{name} {split}", out)
     write_json(out / "metrics.json", report)
     scores = ", ".join(f"{k} {report[k]:.4f}" for k in problem.metrics)
     examples, ran = report["num_examples"], report["precision"]

@@ -20,7 +20,7 @@ import torch
 
 from sft import cli
 from sft.errors import SftError, first_line
-from sft.run_dir import write_json
+from sft.runs.directory import write_json
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def export_onnx(source: str, output: Path | None = None, opset: int = 18) -> dic
         raise SftError(
             "ONNX export needs onnx, onnxscript and onnxruntime: pip install -e .[export]"
         ) from err
-    from sft.model import resolve
+    from sft.training.model import resolve
 
     found = resolve(source)
     model = found.load().eval()

@@ -24,7 +24,8 @@ from sft.config import DataConfig
 from sft.data.sources import FORMATS, MEDIA
 from sft.errors import SftError, first_line
 from sft.modalities import Modality
-from sft.model import TrainedModel, head_in_fp32, resolve
+from sft.problems.head import head_in_fp32
+from sft.training.model import TrainedModel, resolve
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def predict(args) -> None:
-    from sft.accelerator import autocast
+    from sft.training.accelerator import autocast
 
     model = resolve(args.model)
     default_column = getattr(DataConfig(), model.modality.column_key)

@@ -1,14 +1,14 @@
 """Publish a finished run: `python -m sft.push <run_dir> --repo-id <user/name> [--private]`.
 
 Model, tokenizer / processor, config.yaml, metrics.json, plots/ and a model card, in one commit
-(see sft/hub.py). The token comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT points at another
-hub (a company mirror, or a test server).
+(see sft/publishing/hub.py). The token comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT
+points at another hub (a company mirror, or a test server).
 """
 
 from __future__ import annotations
 
 from sft import cli
-from sft.hub import push
+from sft.publishing.hub import push
 
 
 def main(argv: list[str] | None = None) -> None:

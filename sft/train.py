@@ -1,9 +1,8 @@
 """Entry point: `python -m sft.train recipe=bert_news [key=value ...]`, or the same under
 `accelerate launch -m sft.train ...`. Hydra composes conf/ + the recipe + the command line into
 the typed config; `train` builds the run from it, fits, and finishes the run directory (the parts
-live in sft.data, sft.modalities, sft.finetune, sft.optim, sft.accelerator, sft.loop and
-sft.run_dir). Heavy libraries are imported inside `train`, so `--cfg job`, `--help` and config
-errors answer in about a second.
+live in sft.data, sft.modalities, sft.problems, sft.training and sft.runs). Heavy libraries are
+imported inside `train`, so `--cfg job`, `--help` and config errors answer in about a second.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import logging
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from omegaconf import DictConfig
 
 from sft import cli
 from sft import config as schema
-from sft.run_dir import RunDir
+from sft.runs.directory import RunDir
 from sft.validation import validate
 
 log = logging.getLogger("sft.train")
@@ -39,7 +37,7 @@ class Job:
     param_groups: dict  # optim.describe's summary, for param_groups.json and the log
     optimizer: Any
     loaders: Any  # sft.data.loaders.Loaders: train and validation prepared by Accelerate
-    cache: Any  # sft.feature_cache.FeatureCache, or None
+    cache: Any  # sft.training.feature_cache.FeatureCache, or None
     unfreezer: Any  # finetune=gradual's schedule, started once DDP wraps the model (finetune.py)
     problem: Any  # sft.problems.Problem, fitted to the train targets
 
@@ -50,9 +48,10 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     parameter-group summary."""
     from accelerate.utils import set_seed
 
-    from sft import hub, problems, trackers
-    from sft.accelerator import make_accelerator
-    from sft.checkpoint import Checkpoints
+    from sft import problems
+    from sft.publishing import hub
+    from sft.training import checkpoint, trackers
+    from sft.training.accelerator import make_accelerator
 
     validate(cfg)
     cfg.trainer.metric = problems.get(cfg.problem).metric(cfg.trainer.metric)  # auto resolved
@@ -67,7 +66,7 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         log.info("%s holds a finished run (metrics.json): nothing to do", out.root)
         accelerator.end_training()
         return out.read_metrics()
-    checkpoints = Checkpoints(accelerator, out, cfg.trainer.keep_checkpoints)
+    checkpoints = checkpoint.Checkpoints(accelerator, out, cfg.trainer.keep_checkpoints)
     resume_from = checkpoints.resume_point(cfg.resume)
     job = build(cfg, accelerator)
     if accelerator.is_main_process:
@@ -91,10 +90,10 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
 
 def build(cfg: schema.Config, accelerator) -> Job:
     """Data, model (what trains, at which rate), loaders and optimizer, prepared by Accelerate."""
-    from sft import finetune, modalities, optim, problems
+    from sft import modalities, problems
     from sft.data.loaders import load_data, loaders
-    from sft.feature_cache import FeatureCache
-    from sft.model import check_checkpoint, enable_gradient_checkpointing, load_classifier
+    from sft.training import feature_cache, finetune, optim
+    from sft.training.model import check_checkpoint, enable_gradient_checkpointing, load_classifier
 
     modality, problem = modalities.get(cfg.task), problems.get(cfg.problem)
     check_checkpoint(cfg.model.checkpoint, cfg.model.revision, cfg.task, cfg.data.max_length)
@@ -122,7 +121,7 @@ def build(cfg: schema.Config, accelerator) -> Job:
     )
     cache = None
     if cfg.finetune.cache_features and not cfg.dry_run:
-        cache = FeatureCache.create(
+        cache = feature_cache.FeatureCache.create(
             model, cfg.finetune.strategy, inputs.train_randomness(splits.train)
         )
     if cache is not None:
@@ -144,9 +143,8 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
     """Train (from a checkpoint when there is one), then evaluate the best weights on validation
     and test; returns the metrics and the final evaluation. SIGTERM or Ctrl-C
     ends it with `Preempted` after a checkpoint."""
-    from sft import loop, optim, trackers
-    from sft.accelerator import precision_report
-    from sft.checkpoint import Preemption
+    from sft.training import checkpoint, loop, optim, trackers
+    from sft.training.accelerator import precision_report
 
     t = cfg.trainer
     total_steps, scheduler = optim.schedule(
@@ -186,7 +184,7 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
     # Validation batches carry cache keys: evaluate them within `serving` too.
     with (
         job.cache.serving() if job.cache is not None else nullcontext(),
-        Preemption(accelerator) if keep else nullcontext() as preempted,
+        checkpoint.Preemption(accelerator) if keep else nullcontext() as preempted,
     ):
         outcome = loop.fit(
             accelerator,
@@ -229,19 +227,21 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
 def finish(cfg: schema.Config, out: RunDir, job: Job, model, weights: dict, result: dict, final):
     """Rank 0: the model (`weights`, gathered by Accelerate), plots (`final`: the evaluation
     `result` scores) and metrics; the push."""
-    from sft import problems
-    from sft.finetune import save_model
+    from sft.problems import plots, summary
+    from sft.training.finetune import save_model
 
     def save(directory: Path) -> None:
         save_model(model, weights, cfg.finetune, directory)
         job.inputs.processor.save_pretrained(directory)
 
-    draw = job.problem.plot_outcome
-    plot = partial(draw, result, final.predictions, final.references, result["split"])
-    out.write_results(save, result, plot)
-    log.info("%s; run directory: %s", problems.summary(result), out.root)
+    def draw(directory: Path) -> None:
+        plots.plot_curves(out.read_history(), directory)
+        job.problem.plot_outcome(result, final, result["split"], directory)
+
+    out.write_results(save, result, draw)
+    log.info("%s; run directory: %s", summary(result), out.root)
     if cfg.push_to_hub:
-        from sft.hub import push_finished
+        from sft.publishing.hub import push_finished
 
         result["pushed_to"] = push_finished(out, cfg.hub.repo_id, cfg.hub.private)
 

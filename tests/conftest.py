@@ -194,8 +194,8 @@ def models(tmp_path_factory, tiny_checkpoint):
     """A loader of fresh tiny classifiers (3 labels) by kind: bert, vit, resnet, ..."""
     import torch
 
-    from sft.model import load_classifier
     from sft.prepare import tiny_model
+    from sft.training.model import load_classifier
 
     paths = {"bert": (str(tiny_checkpoint), "text-classification")}
     for kind, (task, _) in KINDS.items():

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sft import accelerator as engine
-from sft.accelerator import cpu_bf16_units, decide_precision, told_no
 from sft.errors import SftError
+from sft.training import accelerator as engine
+from sft.training.accelerator import cpu_bf16_units, decide_precision, told_no
 
 
 def precision(choice: str, device: str, launched_with: str | None) -> str | None:
@@ -108,7 +108,7 @@ def test_told_no_by_flag_or_config_file_not_by_default(tmp_path):
     assert not told_no(["accelerate", "launch", "--config_file", str(tmp_path / "none.yaml")])
 
 
-CHOICE = "from sft.accelerator import launcher_choice; print(launcher_choice())"
+CHOICE = "from sft.training.accelerator import launcher_choice; print(launcher_choice())"
 
 
 @pytest.mark.slow

@@ -168,7 +168,7 @@ def test_manifest_with_missing_audio_file_is_named(tmp_path, tiny_wav2vec2):
 
 
 def test_freeze_feature_encoder_freezes_only_the_convolutions(tiny_wav2vec2):
-    from sft.model import load_classifier
+    from sft.training.model import load_classifier
 
     model = load_classifier(
         str(tiny_wav2vec2), ["a", "b"], "audio-classification", freeze_feature_encoder=True
@@ -179,7 +179,7 @@ def test_freeze_feature_encoder_freezes_only_the_convolutions(tiny_wav2vec2):
 
 
 def test_whisper_encoder_gets_its_fixed_30_second_window(audiofolder, tmp_path):
-    from sft.model import load_classifier
+    from sft.training.model import load_classifier
 
     checkpoint = tiny_model("whisper", tmp_path / "whisper")
     encoded, inputs = encoded_splits(audiofolder, checkpoint)

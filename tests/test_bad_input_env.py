@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from sft.checkpoint import incomplete
+from sft.training.checkpoint import incomplete
 from tests import test_push
 from tests.conftest import run_cli
 from tests.test_bad_input import error_line

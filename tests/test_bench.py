@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from sft.accelerator import cpu_bf16_units, cpu_name
+from sft.training.accelerator import cpu_bf16_units, cpu_name
 from tests.conftest import ROOT
 
 AUTO = "bf16" if "amx_bf16" in cpu_bf16_units() else "fp32"  # sft's precision=auto here

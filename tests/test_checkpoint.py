@@ -18,12 +18,12 @@ import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
-from sft.checkpoint import Checkpoints
 from sft.config import OptimizerConfig
-from sft.model import load_classifier
-from sft.optim import make_optimizer, param_groups
-from sft.run_dir import RunDir
-from sft.state import Best, Evaluation, Progress
+from sft.runs.directory import RunDir
+from sft.training.checkpoint import Checkpoints
+from sft.training.model import load_classifier
+from sft.training.optim import make_optimizer, param_groups
+from sft.training.state import Best, Evaluation, Progress
 from tests.helpers.distributed import ACCELERATE, cpu_env, free_port
 
 
@@ -160,5 +160,5 @@ def test_fsdp_is_refused_with_one_line(tmp_path, tiny_checkpoint, text_corpus):
     refusals = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert refusals and "ACCELERATE_USE_FSDP=true" in refusals[0], result.stderr[-3000:]
     assert "sharded training (FSDP, DeepSpeed, Megatron-LM) is not supported" in refusals[0]
-    assert 'sft/accelerator.py"' not in result.stderr  # no traceback through sft
+    assert 'sft/training/accelerator.py"' not in result.stderr  # no traceback through sft
     assert not (tmp_path / "run" / "model").exists()

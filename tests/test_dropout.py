@@ -1,6 +1,7 @@
-"""sft.dropout: masks drawn four to a 64-bit word keep each element with probability 1 - p and
-follow torch's seed; a model given fast dropout (modules and attention) computes what the stock
-model computes whenever nothing is dropped, trains, and saves a config that loads anywhere."""
+"""sft.training.dropout: masks drawn four to a 64-bit word keep each element with probability
+1 - p and follow torch's seed; a model given fast dropout (modules and attention) computes what
+the stock model computes whenever nothing is dropped, trains, and saves a config that loads
+anywhere."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import pytest
 import torch
 
-from sft.dropout import ATTENTION, FastDropout, _dropout, keep_mask, use_fast_dropout
+from sft.training.dropout import ATTENTION, FastDropout, _dropout, keep_mask, use_fast_dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])

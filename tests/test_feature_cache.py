@@ -12,11 +12,12 @@ import datasets
 import pytest
 import torch
 
-from sft import finetune
+from sft.data.loaders import INDEX, keyed
 from sft.data.splits import Splits
-from sft.feature_cache import INDEX, FeatureCache
-from sft.finetune import train_mode
-from sft.loop import logits_of
+from sft.training import finetune
+from sft.training.feature_cache import FeatureCache
+from sft.training.finetune import train_mode
+from sft.training.loop import logits_of
 from tests.conftest import KINDS, run_tiny_text
 from tests.test_finetune import trainable
 
@@ -98,7 +99,7 @@ def test_cached_batches_give_the_real_models_logits_and_gradients(models, kind, 
     assert cache.fill(splits, collate, 4, torch.device("cpu"), max_gib=1, progress=False)
     assert set(cache.features) == set(range(14))
 
-    indexed = FeatureCache.collator(collate)
+    indexed = keyed(collate)
     for ds, rows in ((splits.train, [0, 3, 5, 9]), (splits.validation, [1, 2])):
         batch = indexed([ds[i] for i in rows])  # lengths differ within the batch
         plain_batch = {k: v for k, v in batch.items() if k != INDEX}
@@ -136,7 +137,7 @@ def test_caching_is_off_where_it_would_change_training(
     models, caplog, kind, strategy, randomness, config, reason
 ):
     model = cached_model(models, kind, "head_only" if strategy == "gradual" else strategy, **config)
-    with caplog.at_level(logging.INFO, logger="sft.feature_cache"):
+    with caplog.at_level(logging.INFO, logger="sft.training.feature_cache"):
         assert FeatureCache.create(model, strategy, randomness) is None
     assert caplog.records[-1].getMessage().startswith("frozen-feature cache off:")
     assert any(re.search(reason, r.getMessage()) for r in caplog.records)
@@ -154,7 +155,7 @@ def test_dropout_between_frozen_blocks_turns_caching_off(models, caplog):
     model = cached_model(models, "wav2vec2", "top_k", layerdrop=0.0, hidden_dropout=0.5)
     cache = FeatureCache.create(model, "top_k", None)
     splits = cache.index(splits_for("wav2vec2"))
-    with caplog.at_level(logging.INFO, logger="sft.feature_cache"):
+    with caplog.at_level(logging.INFO, logger="sft.training.feature_cache"):
         assert not cache.fill(splits, collate_for("wav2vec2"), 4, torch.device("cpu"), 1, False)
     assert "random in training mode" in caplog.text
     assert not cache.features
@@ -165,7 +166,7 @@ def test_padding_without_an_attention_mask_turns_caching_off(models, caplog):
     cache = FeatureCache.create(model, "head_only", None)
     splits = cache.index(splits_for("wav2vec2"))
     collate = collate_for("wav2vec2", masked=False)
-    with caplog.at_level(logging.INFO, logger="sft.feature_cache"):
+    with caplog.at_level(logging.INFO, logger="sft.training.feature_cache"):
         assert not cache.fill(splits, collate, 4, torch.device("cpu"), 1, False)
     assert "no attention mask" in caplog.text
 
@@ -174,7 +175,7 @@ def test_features_over_the_memory_limit_are_not_cached(models, caplog):
     model = cached_model(models, "bert", "head_only")
     cache = FeatureCache.create(model, "head_only", None)
     splits = cache.index(splits_for("bert"))
-    with caplog.at_level(logging.INFO, logger="sft.feature_cache"):
+    with caplog.at_level(logging.INFO, logger="sft.training.feature_cache"):
         assert not cache.fill(splits, collate_for("bert"), 4, torch.device("cpu"), 1e-9, False)
     assert "raise finetune.cache_max_gib" in caplog.text
 

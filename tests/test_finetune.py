@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from sft import finetune, optim
 from sft.errors import SftError
-from sft.loss import class_weights, cross_entropy
 from sft.problems import PROBLEMS
+from sft.problems.loss import class_weights, cross_entropy
+from sft.training import finetune, optim
 from tests.conftest import KINDS, run_tiny_text
 
 
@@ -278,7 +278,7 @@ def test_lora_run_saves_a_model_that_reloads_with_equal_outputs(
 
 
 def test_gradient_checkpointing_keeps_gradients_above_frozen_layers(models):
-    from sft.model import enable_gradient_checkpointing
+    from sft.training.model import enable_gradient_checkpointing
 
     ids = torch.randint(5, 30, (4, 8))
     labels = torch.tensor([0, 1, 2, 0])
@@ -362,8 +362,8 @@ def test_frozen_batchnorm_statistics_do_not_move_during_training(models, tmp_pat
     from torch.utils.data import DataLoader
     from transformers import get_scheduler
 
-    from sft import loop
     from sft.config import TrainerConfig
+    from sft.training import loop
 
     model = models("resnet")
     finetune.apply_strategy(model, "head_only")

@@ -12,13 +12,13 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from sft import loop
 from sft.config import DataConfig, TrainerConfig
 from sft.data import build_splits
 from sft.data.loaders import loaders
 from sft.modalities.text import TextInputs
-from sft.model import load_classifier
 from sft.problems import PROBLEMS
+from sft.training import loop
+from sft.training.model import load_classifier
 
 BATCH = 4
 

@@ -11,13 +11,13 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from sft import loop
 from sft.config import OptimizerConfig, TrainerConfig
 from sft.data import build_splits
 from sft.modalities.text import TextInputs
-from sft.model import load_classifier
-from sft.optim import make_optimizer, param_groups
 from sft.problems import PROBLEMS
+from sft.training import loop
+from sft.training.model import load_classifier
+from sft.training.optim import make_optimizer, param_groups
 from tests.conftest import make_rows
 
 

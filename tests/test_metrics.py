@@ -1,4 +1,4 @@
-"""Single-label scores (through `evaluate`, sft/metrics.py) against scikit-learn on seeded
+"""Single-label scores (through `evaluate`, sft/problems/metrics.py) against scikit-learn on seeded
 random predictions."""
 
 from __future__ import annotations

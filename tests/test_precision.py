@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from sft.accelerator import cpu_bf16_units, cpu_name
-from sft.card import model_card
-from sft.run_dir import RunDir
+from sft.publishing.card import model_card
+from sft.runs.directory import RunDir
+from sft.training.accelerator import cpu_bf16_units, cpu_name
 from tests.conftest import FAST, run_cli, run_tiny_text
 
 AMX = "amx_bf16" in cpu_bf16_units()

@@ -115,8 +115,8 @@ def test_a_missing_image_file_is_named(tmp_path, tiny_vit):  # noqa: F811
 
 
 def test_inputs_reach_the_model_in_batches(text_run):
-    from sft.model import resolve
     from sft.predict import classify, load_pipeline
+    from sft.training.model import resolve
 
     model = resolve(str(text_run))
     classifier = load_pipeline(model)
@@ -131,8 +131,8 @@ def test_inputs_reach_the_model_in_batches(text_run):
 
 
 def test_texts_are_batched_by_length_and_rows_keep_the_input_order(text_run):
-    from sft.model import resolve
     from sft.predict import classify, load_pipeline
+    from sft.training.model import resolve
 
     model = resolve(str(text_run))
     classifier = load_pipeline(model)

@@ -62,7 +62,7 @@ def test_spoken_digits_hold_out_voices_for_test(tmp_path):
 
 @pytest.mark.parametrize("kind", ["vit", "resnet", "efficientnet", "wav2vec2", "whisper"])
 def test_tiny_models_load_through_the_auto_classes(tmp_path, kind):
-    from sft.model import load_classifier
+    from sft.training.model import load_classifier
 
     images = ("vit", "resnet", "efficientnet")
     task = "image-classification" if kind in images else "audio-classification"

@@ -223,7 +223,7 @@ def test_standardised_regression_trains_on_scaled_targets_and_saves_the_values(
 def test_the_target_scale_folds_into_a_lora_models_trained_head(tiny_checkpoint):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from sft.finetune import apply_lora
+    from sft.training.finetune import apply_lora
 
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -250,7 +250,7 @@ def test_a_head_without_a_bias_is_refused_with_the_key_that_avoids_it():
 
 
 def test_the_threshold_is_tuned_on_validation_and_rescores_the_evaluation():
-    from sft.state import Evaluation
+    from sft.training.state import Evaluation
 
     problem = PROBLEMS["multi_label"]
     refs = np.array([[1, 0], [1, 1], [0, 1], [0, 0]], dtype=np.float32)
@@ -274,8 +274,8 @@ def test_the_threshold_is_tuned_on_validation_and_rescores_the_evaluation():
 
 
 def test_an_undefined_score_never_counts_as_the_best():
-    from sft.metrics import better
-    from sft.state import Best, Evaluation
+    from sft.problems.metrics import better
+    from sft.training.state import Best, Evaluation
 
     def evaluation(loss: float, pearson: float) -> Evaluation:
         return Evaluation(loss, np.zeros(2), np.zeros(2), {"pearson": pearson})
@@ -290,7 +290,7 @@ def test_an_undefined_score_never_counts_as_the_best():
 
 
 def test_a_new_multi_label_head_starts_at_each_labels_log_odds(tiny_checkpoint, tmp_path):
-    from sft.model import load_classifier
+    from sft.training.model import load_classifier
 
     targets = np.array([[1, 0], [1, 0], [1, 1], [0, 0]], dtype=np.float32)  # 3/4 and 1/4
     plain = PROBLEMS["multi_label"].head_bias(LossConfig(), targets)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sft.accelerator import cpu_bf16_units
+from sft.training.accelerator import cpu_bf16_units
 from tests.conftest import run_cli, write_text_corpus
 
 pytestmark = pytest.mark.slow

@@ -97,7 +97,7 @@ def test_multirun_ranks_jobs_and_a_rerun_skips_finished_ones(tmp_path, sweep):
 
 
 def test_leaderboard_lists_unfinished_jobs_last_without_rank(tmp_path, sweep):
-    from sft.sweep import write_leaderboard
+    from sft.runs.sweep import write_leaderboard
 
     sweep_dir = shutil.copytree(sweep[2], tmp_path / "sweep")  # the sweep's finished jobs
     (sweep_dir / "0" / "metrics.json").unlink()
@@ -120,7 +120,7 @@ def test_leaderboard_lists_unfinished_jobs_last_without_rank(tmp_path, sweep):
 
 def test_a_regression_leaderboard_ranks_by_lower_mse_and_shows_its_test_scores(tmp_path):
     from sft.problems import PROBLEMS
-    from sft.sweep import write_leaderboard
+    from sft.runs.sweep import write_leaderboard
 
     sweep_dir = tmp_path / "multirun"
     for job, (lr, mse) in enumerate([("1e-3", 0.9), ("1e-4", 0.2), ("1e-5", float("nan"))]):

@@ -24,7 +24,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
-from sft.run_dir import RunDir
+from sft.runs.directory import RunDir
 
 log = logging.getLogger(__name__)
 

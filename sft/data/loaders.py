@@ -3,6 +3,7 @@ train split's sampler: shuffled, balanced, or the modality's own)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import datasets
@@ -14,11 +15,15 @@ from sft.config import AugmentConfig, DataConfig, ModelConfig, TrainerConfig
 from sft.data.columns import column_values
 from sft.data.sources import load_raw
 from sft.data.splits import LABELS, Splits, build_splits
-from sft.feature_cache import FeatureCache
-from sft.modalities import Inputs, Modality
 
 if TYPE_CHECKING:
+    from sft.modalities import Inputs, Modality
     from sft.problems import Problem
+
+
+INDEX = (
+    "sft_example_index"  # the column carrying each example's key (sft/training/feature_cache.py)
+)
 
 
 def load_data(
@@ -74,13 +79,13 @@ def loaders(
     splits: Splits, inputs: Inputs, data: DataConfig, trainer: TrainerConfig, seed: int
 ) -> Loaders:
     """Train, validation and test loaders, and the generator that shuffles the train split.
-    Batches carry feature-cache keys when the split has them (sft/feature_cache.py)."""
+    Batches carry feature-cache keys when the split has them (sft/training/feature_cache.py)."""
     generator = torch.Generator().manual_seed(seed)
     train = DataLoader(
         splits.train,
         batch_size=trainer.batch_size,
         sampler=train_sampler(splits.train, inputs, data.sampler, trainer.batch_size, generator),
-        collate_fn=FeatureCache.collator(inputs.collator(train=True)),
+        collate_fn=keyed(inputs.collator(train=True)),
         num_workers=data.num_workers,
         generator=generator,
     )
@@ -117,7 +122,7 @@ def eval_loader(ds, inputs: Inputs, batch_size: int, num_workers: int = 0) -> Da
         ds,
         batch_size=batch_size,
         sampler=order,
-        collate_fn=FeatureCache.collator(inputs.collator(train=False)),
+        collate_fn=keyed(inputs.collator(train=False)),
         num_workers=num_workers,
     )
 
@@ -128,3 +133,17 @@ def balanced_sampler(labels, generator: torch.Generator) -> torch.utils.data.Sam
     counts = np.bincount(labels)
     weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
     return torch.utils.data.WeightedRandomSampler(weights, len(labels), generator=generator)
+
+
+def keyed(collate: Callable[[list[dict]], dict]) -> Callable[[list[dict]], dict]:
+    """`collate`, passing the examples' keys (INDEX, when they have one: a feature cache's) into
+    the batch."""
+
+    def indexed(examples: list[dict]) -> dict:
+        if INDEX not in examples[0]:
+            return collate(examples)
+        batch = collate([{k: v for k, v in e.items() if k != INDEX} for e in examples])
+        batch[INDEX] = torch.tensor([e[INDEX] for e in examples])
+        return batch
+
+    return indexed

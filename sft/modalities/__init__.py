@@ -121,3 +121,15 @@ def load_processor(auto_class, checkpoint: str, revision: str | None, what: str,
         f"model.checkpoint '{checkpoint}' has no loadable {what}",
         f"point it at a hub id or a directory with {file}",
     )
+
+
+def load_config(checkpoint: str, revision: str | None, what: str, fix: str):
+    """The transformers config of `checkpoint`, or an SftError: '`what` could not be loaded
+    (the cause); `fix`'."""
+    from transformers import AutoConfig
+
+    return from_checkpoint(
+        lambda: AutoConfig.from_pretrained(checkpoint, revision=revision),
+        f"{what} could not be loaded",
+        fix,
+    )

@@ -20,8 +20,8 @@ from transformers import AutoModelForImageClassification
 from sft.config import AugmentConfig, DataConfig
 from sft.data.columns import iter_column
 from sft.data.splits import LABELS, Splits
-from sft.errors import SftError, from_checkpoint
-from sft.modalities import Inputs, load_processor
+from sft.errors import SftError
+from sft.modalities import Inputs, load_config, load_processor
 
 
 class ImageInputs(Inputs):
@@ -159,13 +159,8 @@ def _pipeline(shape: tuple[int, ...], zoom: float, hflip: float, shear: float, j
 
 def num_channels(checkpoint: str, revision: str | None = None) -> int:
     """Colour channels the checkpoint's vision model expects (3 unless its config says not)."""
-    from transformers import AutoConfig
-
-    config = from_checkpoint(
-        lambda: AutoConfig.from_pretrained(checkpoint, revision=revision),
-        f"model.checkpoint '{checkpoint}' has no loadable config",
-        "use a hub id or a directory with config.json",
-    )
+    what = f"model.checkpoint '{checkpoint}'"
+    config = load_config(checkpoint, revision, what, "use a hub id or a directory with config.json")
     return int(getattr(config, "num_channels", 3))
 
 

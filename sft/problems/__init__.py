@@ -1,10 +1,10 @@
 """What a run predicts (`problem`): one label per example (single_label), any number of labels
 (multi_label), or numbers (regression). A `Problem` (base.py) owns what differs between them:
 what a target is in the data, the training loss, how logits become predictions, the scores
-(computed through `evaluate`, sft/metrics.py), the decision rule tuned on validation, what a
-saved model carries, the plot of an evaluation and the model card's rows; one module per
-type, registered here. Outside this package only the config schema and its validation name a
-problem: everything else asks this registry."""
+(computed through `evaluate`: metrics.py), the decision rule tuned on validation, what a saved
+model carries, the plot of an evaluation (plots.py draws it) and the model card's rows; one
+module per type, registered here. Outside this package only the config schema and its
+validation name a problem: everything else asks this registry."""
 
 from __future__ import annotations
 

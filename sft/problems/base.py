@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import torch
 
-from sft import metrics
 from sft.config import LossConfig
 from sft.data.targets import Encoder, TargetSpec
+from sft.problems import metrics
 
 if TYPE_CHECKING:
     import datasets
 
-    from sft.state import Evaluation
+    from sft.training.state import Evaluation
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -138,11 +138,9 @@ class Problem:
         ]
         return ["label", "precision", "recall", "F1", "support"], rows
 
-    def plot_outcome(
-        self, report: dict, predictions: np.ndarray, references: np.ndarray, title: str, out: Path
-    ) -> Path:
-        """The plot of one evaluation (`report`: its metrics.json) in folder `out`, as suits
-        the problem (sft/plots.py draws it)."""
+    def plot_outcome(self, report: dict, evaluation: Evaluation, title: str, out: Path) -> Path:
+        """The plot of `evaluation` (`report`: its metrics.json) in folder `out`, as suits the
+        problem (sft/problems/plots.py draws it)."""
         raise NotImplementedError
 
     def report(

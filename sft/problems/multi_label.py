@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import precision_recall_fscore_support
 
-from sft import metrics
 from sft.config import LossConfig
 from sft.data.columns import column_values
 from sft.data.targets import (
@@ -28,10 +27,11 @@ from sft.data.targets import (
     refuse_unseen,
 )
 from sft.errors import SftError
+from sft.problems import metrics
 from sft.problems.base import CardMetric, Loss, Problem
 
 if TYPE_CHECKING:
-    from sft.state import Evaluation
+    from sft.training.state import Evaluation
 
 
 class MultiLabel(Problem):
@@ -179,8 +179,8 @@ class MultiLabel(Problem):
     def kind(self, task_kind: str) -> str:
         return f"multi-label {task_kind}"
 
-    def plot_outcome(self, report, predictions, references, title, out) -> Path:
-        from sft import plots  # matplotlib: only when drawing
+    def plot_outcome(self, report, evaluation, title, out) -> Path:
+        from sft.problems import plots  # matplotlib: only when drawing
 
         return plots.plot_per_label(
             report["per_class"], f"{title} scores per label", out / "per_label.png"

@@ -12,11 +12,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sft import metrics
 from sft.config import LossConfig
 from sft.data.targets import Encoder, TargetSpec, filled_values
 from sft.errors import SftError
+from sft.problems import metrics
 from sft.problems.base import CardMetric, Loss, Problem
+from sft.problems.head import output_layer
 
 # metrics.json key -> the metric module computing it (and its result key)
 MODULES = {"mse": "mse", "mae": "mae", "r2": "r_squared", "pearson": "pearsonr",
@@ -74,8 +75,6 @@ class Regression(Problem):
     def fitted(self, train_targets, model, standardize):
         if not standardize:
             return self
-        from sft.model import output_layer
-
         output_layer(model, train_targets.shape[1], "data.standardize_targets=false")
         targets = np.asarray(train_targets, dtype=np.float64)
         std = targets.std(0)
@@ -101,8 +100,6 @@ class Regression(Problem):
 
     def bake_into(self, model: torch.nn.Module, tuned: dict[str, float]) -> None:
         if self.mean is not None:
-            from sft.model import output_layer
-
             layer = output_layer(model, len(self.mean), "data.standardize_targets=false")
             std, mean = (
                 torch.as_tensor(a, dtype=layer.weight.dtype) for a in (self.std, self.mean)
@@ -130,11 +127,15 @@ class Regression(Problem):
         rows = [[n, *(f"{t[k]:.4f}" for k in keys)] for n, t in targets.items()]
         return ["target", "MSE", "MAE", "R²", "Pearson"], rows
 
-    def plot_outcome(self, report, predictions, references, title, out) -> Path:
-        from sft import plots  # matplotlib: only when drawing
+    def plot_outcome(self, report, evaluation, title, out) -> Path:
+        from sft.problems import plots  # matplotlib: only when drawing
 
         return plots.plot_predicted(
-            predictions, references, report["labels"], title, out / "predicted.png"
+            evaluation.predictions,
+            evaluation.references,
+            report["labels"],
+            title,
+            out / "predicted.png",
         )
 
     def scores(self, predictions, references) -> dict[str, float]:

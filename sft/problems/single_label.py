@@ -11,11 +11,11 @@ import numpy as np
 import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from sft import metrics
 from sft.config import LossConfig
 from sft.data.columns import column_values
 from sft.data.targets import Encoder, TargetSpec, filled_values, refuse_unseen
 from sft.errors import SftError
+from sft.problems import metrics
 from sft.problems.base import CardMetric, Loss, Problem
 
 
@@ -72,7 +72,7 @@ class SingleLabel(Problem):
 
     # -- training and scores -----------------------------------------------------------------
     def loss(self, cfg: LossConfig, train_targets: np.ndarray, num_labels: int) -> Loss:
-        from sft.loss import class_weights, cross_entropy
+        from sft.problems.loss import class_weights, cross_entropy
 
         weights = class_weights(cfg.class_weights, train_targets, num_labels)
         return cross_entropy(weights, cfg.label_smoothing)
@@ -114,8 +114,8 @@ class SingleLabel(Problem):
     def describes(self, results) -> str:
         return f"{len(results['labels'])} labels: {', '.join(results['labels'])}."
 
-    def plot_outcome(self, report, predictions, references, title, out) -> Path:
-        from sft import plots  # matplotlib: only when drawing
+    def plot_outcome(self, report, evaluation, title, out) -> Path:
+        from sft.problems import plots  # matplotlib: only when drawing
 
         return plots.plot_confusion(
             report["confusion_matrix"],

@@ -17,11 +17,11 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from sft.accelerator import named
 from sft.config import TrainerConfig
-from sft.finetune import train_mode
 from sft.problems import Problem
-from sft.state import Best, Evaluation, Outcome, Progress
+from sft.training.accelerator import named
+from sft.training.finetune import train_mode
+from sft.training.state import Best, Evaluation, Outcome, Progress
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import torch
 
 from sft.config import OptimizerConfig, SchedulerConfig, TrainerConfig
 from sft.errors import SftError
-from sft.finetune import find_layout, layout_or_none
+from sft.training.finetune import find_layout, layout_or_none
 
 log = logging.getLogger(__name__)
 

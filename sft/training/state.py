@@ -1,6 +1,6 @@
 """The training state: where a run stands (`Progress`), its best validation result so far
 (`Best`), and one evaluation's numbers (`Evaluation`). The loop updates it; checkpoints save and
-restore it (sft/checkpoint.py), so neither needs the other."""
+restore it (sft/training/checkpoint.py), so neither needs the other."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sft.metrics import better
+from sft.problems.metrics import better
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Best:
     """The best validation result so far, by one metric, with a CPU copy of its weights: the
     end of the run evaluates and saves them, and the model has trained on since. Kept in memory
     because checkpoints may be off (`keep_checkpoints=0`); checkpoints store it once on disk
-    (sft/checkpoint.py)."""
+    (sft/training/checkpoint.py)."""
 
     metric: str
     score: tuple[float, float] = (-math.inf, -math.inf)  # (metric, -loss): loss breaks ties
@@ -65,7 +65,7 @@ def cpu_copy(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 @dataclass
 class Progress:
     """Where training stands. With the weights, optimizer, scheduler and RNG states it is all
-    a checkpoint needs to continue exactly (sft/checkpoint.py)."""
+    a checkpoint needs to continue exactly (sft/training/checkpoint.py)."""
 
     best: Best
     step: int = 0  # optimizer steps taken

@@ -2,7 +2,7 @@
 same every epoch, the frozen blocks compute the same features every epoch. Compute them once per
 example and let training run only what trains.
 
-How, on any model `sft.finetune` finds blocks in:
+How, on any model `sft.training.finetune` finds blocks in:
 - the cache holds, per example, the output of the last frozen block (the input of the first
   trainable one), computed in inference mode with the example's own padding;
 - while a batch carries example indices, the frozen blocks' `forward` is stubbed: the lower ones
@@ -28,12 +28,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from sft.data.loaders import INDEX, keyed
 from sft.data.splits import Splits
-from sft.finetune import Layout, layout_or_none, train_mode
+from sft.training.finetune import Layout, layout_or_none, train_mode
 
 log = logging.getLogger(__name__)
-
-INDEX = "sft_example_index"  # the column carrying each example's key into the cache
 
 
 class NotCacheable(Exception):
@@ -114,19 +113,6 @@ class FeatureCache:
 
         return splits.map(add)
 
-    @staticmethod
-    def collator(collate: Callable[[list[dict]], dict]) -> Callable[[list[dict]], dict]:
-        """`collate`, passing the examples' cache keys (when they have any) into the batch."""
-
-        def indexed(examples: list[dict]) -> dict:
-            if INDEX not in examples[0]:
-                return collate(examples)
-            batch = collate([{k: v for k, v in e.items() if k != INDEX} for e in examples])
-            batch[INDEX] = torch.tensor([e[INDEX] for e in examples])
-            return batch
-
-        return indexed
-
     # -- building -----------------------------------------------------------------------------
     @torch.no_grad()
     def fill(
@@ -150,7 +136,7 @@ class FeatureCache:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             was_training = self.model.training
             try:
-                collate = self.collator(collate)
+                collate = keyed(collate)
                 self._build(ds, collate, batch_size, device, max_gib * 2**30, progress)
                 return True
             except NotCacheable as reason:

@@ -2,7 +2,7 @@
 
 from sklearn.metrics import mean_squared_error
 
-import sft.metric_modules._regression as base
+import sft.problems.metric_modules._regression as base
 
 
 class MSE(base.RegressionMetric):

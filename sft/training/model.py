@@ -4,20 +4,19 @@ the fine-tuned models that predict, evaluate and export find in run directories 
 from __future__ import annotations
 
 import logging
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import OmegaConf
-from transformers import AutoConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
 from sft import modalities
-from sft.dropout import use_fast_dropout
 from sft.errors import SftError, from_checkpoint
 from sft.modalities import Modality
-from sft.run_dir import RunDir
+from sft.problems.head import head_in_fp32, start_head_bias
+from sft.runs.directory import RunDir
+from sft.training.dropout import use_fast_dropout
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +36,10 @@ def check_checkpoint(
             f"model.checkpoint '{checkpoint}' does not exist; give a directory with config.json "
             f"and the model weights, or a hub id (user/name)"
         )
-    config = from_checkpoint(
-        lambda: AutoConfig.from_pretrained(checkpoint, revision=revision),
-        f"model.checkpoint '{checkpoint}' could not be loaded",
+    config = modalities.load_config(
+        checkpoint,
+        revision,
+        f"model.checkpoint '{checkpoint}'",
         "use a hub id or a directory with config.json, the model weights and the tokenizer or "
         "processor files",
     )
@@ -97,7 +97,7 @@ def load_classifier(
         "use a hub id or a directory with config.json and model weights",
     )
     if head_bias is not None:
-        _start_head_bias(model, loading, head_bias)
+        start_head_bias(model, loading, head_bias)
     if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad_token_id
     if freeze_feature_encoder:
@@ -108,38 +108,6 @@ def load_classifier(
             )
         model.freeze_feature_encoder()
     return use_fast_dropout(head_in_fp32(model))
-
-
-def head_in_fp32(model: torch.nn.Module) -> torch.nn.Module:
-    """`model`, its output layer computing in fp32 under autocast (bf16 everywhere else). The
-    logits feed losses, thresholds and scores, and a regression head with the target scale
-    folded in (sft.problems) outputs values such as years, which bf16 rounds to multiples of 8.
-    The layer is a sliver of the work. A copy of the layer (peft's trained head) keeps it."""
-    layers = _output_layers(model, model.config.num_labels)
-    if layers:
-        layers[-1].forward = types.MethodType(_fp32_linear, layers[-1])
-    return model
-
-
-def _fp32_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    bias = None if self.bias is None else self.bias.float()
-    with torch.autocast(x.device.type, enabled=False):
-        return torch.nn.functional.linear(x.float(), self.weight.float(), bias)
-
-
-def _start_head_bias(model: PreTrainedModel, loading: dict, bias: np.ndarray) -> None:
-    """Start the output layer's bias at `bias` when the checkpoint did not hold that layer
-    (missing, or sized for other labels): a head it trained keeps what it learned."""
-    try:
-        layer = output_layer(model, len(bias), "")
-    except SftError:  # no single biased output layer: the model's own initialisation stands
-        log.info("no output layer of %d features with a bias; its bias starts as built", len(bias))
-        return
-    name = next(n for n, m in model.named_modules() if m is layer)
-    new = set(loading.get("missing_keys", ())) | {k[0] for k in loading.get("mismatched_keys", ())}
-    if f"{name}.bias" in new:
-        with torch.no_grad():
-            layer.bias.copy_(torch.as_tensor(bias, dtype=layer.bias.dtype))
 
 
 def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
@@ -193,30 +161,7 @@ def resolve(source: str) -> TrainedModel:
 
 def detect_task(ref: str) -> str:
     """The pipeline task of a checkpoint, from its model type."""
-    config = from_checkpoint(
-        lambda: AutoConfig.from_pretrained(ref),
-        f"cannot load a model config from '{ref}'",
-        "pass a run directory, a model directory or a hub id",
+    config = modalities.load_config(
+        ref, None, f"the model '{ref}'", "pass a run directory, a model directory or a hub id"
     )
     return modalities.task_of(config.model_type)
-
-
-def output_layer(model: torch.nn.Module, outputs: int, otherwise: str) -> torch.nn.Linear:
-    """The linear layer whose outputs are `model`'s logits: the last one registered with
-    `outputs` features and a bias (in a peft model, the trained copy of the head). `otherwise`:
-    the setting that avoids needing one, named in the error."""
-    found = _output_layers(model, outputs)
-    if not found:
-        raise SftError(
-            f"{type(model).__name__} has no linear output layer of {outputs} features with a "
-            f"bias to fold the target scale into; set {otherwise}"
-        )
-    return found[-1]
-
-
-def _output_layers(model: torch.nn.Module, outputs: int) -> list[torch.nn.Linear]:
-    return [
-        m
-        for m in model.modules()
-        if isinstance(m, torch.nn.Linear) and m.out_features == outputs and m.bias is not None
-    ]

@@ -3,7 +3,7 @@
 import evaluate
 from sklearn.metrics import f1_score
 
-import sft.metric_modules._classification as base
+import sft.problems.metric_modules._classification as base
 
 
 class F1(evaluate.Metric):

@@ -2,7 +2,7 @@
 
 from scipy.stats import pearsonr
 
-import sft.metric_modules._regression as base
+import sft.problems.metric_modules._regression as base
 
 
 class PearsonR(base.RegressionMetric):

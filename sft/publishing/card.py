@@ -13,7 +13,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from sft import modalities, problems
-from sft.run_dir import RunDir
+from sft.runs.directory import RunDir
 
 HYPERPARAMETERS = (
     "model.checkpoint",

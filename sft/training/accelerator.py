@@ -16,9 +16,9 @@ from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, gather_object, parse_flag_from_env
 
-from sft import trackers
 from sft.config import Config
 from sft.errors import SftError
+from sft.training import trackers
 
 log = logging.getLogger(__name__)
 

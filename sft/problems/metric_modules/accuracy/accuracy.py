@@ -3,7 +3,7 @@
 import evaluate
 from sklearn.metrics import accuracy_score
 
-import sft.metric_modules._classification as base
+import sft.problems.metric_modules._classification as base
 
 
 class Accuracy(evaluate.Metric):

@@ -1,6 +1,6 @@
-"""Scores through `evaluate`: the metric modules ship in `sft/metric_modules`, so no Hub
-access. Each problem type (sft/problems/) names the modules it computes its scores with; this
-module loads them, tabulates per-class scores, and says which way a score is better."""
+"""Scores through `evaluate`: the metric modules ship beside this file (metric_modules/), so no
+Hub access. Each problem type names the modules it computes its scores with; this module loads
+them, tabulates per-class scores, and says which way a score is better."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ Every module that reads or writes a run's files asks `RunDir` where they are.
 <run>/model/          Hugging Face format: safetensors, config with id2label, tokenizer
 <run>/metrics.json    final evaluation (written last: its presence means the run finished)
 <run>/plots/          loss.png, accuracy.png, confusion_matrix.png
-<run>/checkpoints/    the latest training checkpoints (sft/checkpoint.py)
+<run>/checkpoints/    the latest training checkpoints (sft/training/checkpoint.py)
 <run>/evaluations/<data>-<split>/  metrics.json and confusion_matrix.png of `sft.evaluate`
 <run>/onnx/           model.onnx, its config, processor and export.json (`sft.export`)
 """
@@ -123,21 +123,18 @@ class RunDir:
         self,
         save_model: Callable[[Path], None],
         result: dict[str, Any],
-        plot_outcome: Callable[[Path], Any],
+        draw: Callable[[Path], Any],
     ) -> None:
-        """model/ (`save_model(directory)` writes it), plots/ (the curves, and what
-        `plot_outcome(directory)` draws of the final evaluation) and metrics.json, each written
+        """model/ (`save_model(directory)` writes it), plots/ (`draw(directory)` draws them)
+        and metrics.json, each written
         under a staging name first: model/ and then metrics.json (whose presence says the run
         completed) appear only once everything is on disk, so a full disk leaves neither."""
-        from sft import plots
-
         model = self.root / "model.partial"
         metrics = self.metrics.with_suffix(".partial")
         try:
             shutil.rmtree(model, ignore_errors=True)
             save_model(model)
-            plots.plot_curves(self.read_history(), self.plots)
-            plot_outcome(self.plots)
+            draw(self.plots)
             write_json(metrics, result)
             shutil.rmtree(self.model, ignore_errors=True)
             model.rename(self.model)

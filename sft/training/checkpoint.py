@@ -40,8 +40,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sft.errors import Preempted, SftError
-from sft.run_dir import RunDir
-from sft.state import Progress, cpu_copy
+from sft.runs.directory import RunDir
+from sft.training.state import Progress, cpu_copy
 
 log = logging.getLogger(__name__)
 

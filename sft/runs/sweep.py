@@ -9,30 +9,18 @@ would leak the test set into the choice. Test scores are listed beside it.
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from sft.run_dir import RunDir
+from sft.runs.directory import RunDir
 
 log = logging.getLogger(__name__)
 
 SUMMARY = "sweep_summary"
-
-
-def sweep_name() -> str:
-    """A sweep directory name that is the same for the same command line: rerunning a sweep
-    finds its finished jobs (and skips them) and its interrupted ones (and resumes them).
-    Read from the command line itself: every job of the sweep sees the same one."""
-    overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
-    recipe = next((o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")), "sweep")
-    digest = hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8]
-    return f"{recipe}-{digest}"
 
 
 class Leaderboard(Callback):
@@ -52,7 +40,7 @@ def write_leaderboard(
 ) -> Path:
     """<sweep_dir>/sweep_summary.csv (best first) and .png from every job's run directory;
     `scores`: the test scores shown beside the validation `metric` (the problem's metrics)."""
-    from sft import metrics  # scikit-learn: only once the sweep is over
+    from sft.problems import metrics  # scikit-learn: only once the sweep is over
 
     tested = [*scores, "loss"]
     rows = [_job_row(job, metric, tested) for job in _jobs(sweep_dir)]

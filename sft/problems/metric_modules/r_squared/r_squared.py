@@ -2,7 +2,7 @@
 
 from sklearn.metrics import r2_score
 
-import sft.metric_modules._regression as base
+import sft.problems.metric_modules._regression as base
 
 
 class RSquared(base.RegressionMetric):

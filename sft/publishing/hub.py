@@ -2,9 +2,9 @@
 `push_to_hub=true`).
 
 Uploads, in one commit through `huggingface_hub`: the model and its tokenizer / processor (from
-<run>/model), config.yaml, metrics.json, plots/ and a model card (README.md, see sft/card.py).
-The token comes from HF_TOKEN or `hf auth login`; it is never written anywhere. HF_ENDPOINT
-points at another hub (a company mirror, or a test server).
+<run>/model), config.yaml, metrics.json, plots/ and a model card (README.md, see card.py). The
+token comes from HF_TOKEN or `hf auth login`; it is never written anywhere. HF_ENDPOINT points
+at another hub (a company mirror, or a test server).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sft.card import model_card
 from sft.errors import SftError, first_line
-from sft.run_dir import RunDir
+from sft.publishing.card import model_card
+from sft.runs.directory import RunDir
 
 log = logging.getLogger(__name__)
 
