@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import sys
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +20,11 @@ from omegaconf import DictConfig
 from sft import cli
 from sft import config as schema
 from sft.runs.directory import RunDir
+from sft.training.job import Job
 from sft.validation import validate
 
 log = logging.getLogger("sft.train")
 schema.register()
-
-
-@dataclass
-class Job:
-    """Everything a run trains with, built from its config."""
-
-    splits: Any  # sft.data.splits.Splits
-    inputs: Any  # sft.modalities.Inputs
-    model: Any
-    param_groups: dict  # optim.describe's summary, for param_groups.json and the log
-    optimizer: Any
-    loaders: Any  # sft.data.loaders.Loaders: train and validation prepared by Accelerate
-    cache: Any  # sft.training.feature_cache.FeatureCache, or None
-    unfreezer: Any  # finetune=gradual's schedule, started once DDP wraps the model (finetune.py)
-    problem: Any  # sft.problems.Problem, fitted to the train targets
 
 
 def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
@@ -141,8 +126,8 @@ def build(cfg: schema.Config, accelerator) -> Job:
 
 def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, resume_from):
     """Train (from a checkpoint when there is one), then evaluate the best weights on validation
-    and test; returns the metrics and the final evaluation. SIGTERM or Ctrl-C
-    ends it with `Preempted` after a checkpoint."""
+    and test; returns the metrics and the final evaluation. SIGTERM or Ctrl-C ends it with
+    `Preempted` after a checkpoint."""
     from sft.training import checkpoint, loop, optim, trackers
     from sft.training.accelerator import precision_report
 
@@ -179,41 +164,42 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
             log.info("epoch %d: %d of %d blocks train", epoch, blocks, total)
 
     keep = t.keep_checkpoints > 0
-    labels, targets, problem = job.splits.labels, job.splits.train_targets(), job.problem
-    loss = problem.loss(cfg.loss, targets, len(labels))
+    problem = job.problem
     # Validation batches carry cache keys: evaluate them within `serving` too.
     with (
         job.cache.serving() if job.cache is not None else nullcontext(),
         checkpoint.Preemption(accelerator) if keep else nullcontext() as preempted,
     ):
-        outcome = loop.fit(
+        parts = loop.Parts(
             accelerator,
             job.model,
             job.optimizer,
             scheduler,
             job.loaders.train,
             job.loaders.validation,
+            problem,
+            problem.loss(cfg.loss, job.splits.train_targets(), len(job.splits.labels)),
+        )
+        outcome = loop.fit(
+            parts,
             t,
             total_steps,
             record,
-            loss,
             on_epoch,
             resume=progress,
             checkpoint=checkpoints.save if keep else None,
             should_stop=preempted,
-            problem=problem,
         )
         if outcome.preempted:
             accelerator.end_training()
             raise preempted.stopped(outcome.steps, checkpoints.root)
-        loaders = job.loaders
         validation, final, tuned = loop.final_evaluations(
-            accelerator, job.model, outcome, loaders.validation, loaders.test, problem, t.progress
+            parts, outcome, job.loaders.test, t.progress
         )
     problem.bake_into(accelerator.unwrap_model(job.model), tuned)  # saved with the model
     split = "test" if job.loaders.test is not None else "validation"
     result = {
-        **problem.final_report(final, validation, labels, split, tuned),
+        **problem.final_report(final, validation, job.splits.labels, split, tuned),
         "best_step": outcome.best.step,
         "steps": outcome.steps,
         **outcome.timings(),

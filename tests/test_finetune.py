@@ -385,10 +385,10 @@ def test_frozen_batchnorm_statistics_do_not_move_during_training(models, tmp_pat
     accelerator = Accelerator(cpu=True)
     settings = TrainerConfig(progress=False, log_every=1)
     scheduler = get_scheduler("constant", optimizer)
-    loop.fit(
-        accelerator, model, optimizer, scheduler, train, train, settings, 4, lambda r: None,
-        problem=PROBLEMS["single_label"],
-    )  # fmt: skip
+    parts = loop.Parts(
+        accelerator, model, optimizer, scheduler, train, train, PROBLEMS["single_label"]
+    )
+    loop.fit(parts, settings, 4, lambda r: None)
     for name, buffer in model.named_buffers():
         assert torch.equal(buffer, before[name]), name
     assert any(m.training for m in model.modules())  # the head itself still trains

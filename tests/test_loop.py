@@ -60,10 +60,9 @@ def run_fit(tiny_checkpoint, encoded, total_steps: int, **settings):
     model, optimizer, train, val = accelerator.prepare(model, optimizer, train, val)
     scheduler = get_scheduler("linear", optimizer, 0, total_steps)
     rows: list[dict] = []
-    outcome = loop.fit(
-        accelerator, model, optimizer, scheduler, train, val, settings, total_steps, rows.append,
-        problem=PROBLEMS["single_label"],
-    )  # fmt: skip
+    single = PROBLEMS["single_label"]
+    parts = loop.Parts(accelerator, model, optimizer, scheduler, train, val, single)
+    outcome = loop.fit(parts, settings, total_steps, rows.append)
     return outcome, rows, accelerator.unwrap_model(model)
 
 

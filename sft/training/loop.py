@@ -8,6 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import psutil
@@ -26,34 +27,43 @@ from sft.training.state import Best, Evaluation, Outcome, Progress
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Parts:
+    """What `fit` trains with, prepared by Accelerate: the model, its optimizer and schedule,
+    the train and validation batches, the training loss and the problem that scores."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: DataLoader
+    eval_loader: DataLoader
+    problem: Problem
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
+
+
 def fit(
-    accelerator: Accelerator,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    train_loader: DataLoader,
-    eval_loader: DataLoader,
+    parts: Parts,
     settings: TrainerConfig,
     total_steps: int,
     record: Callable[[dict], None],
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
     on_epoch: Callable[[int, bool], None] | None = None,
     *,
     resume: Progress | None = None,
     checkpoint: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    problem: Problem,
 ) -> Outcome:
-    """Train for `total_steps` optimizer steps, evaluating each epoch (or every `eval_every`
-    steps); `record` receives every history row; `loss_fn(logits, labels)` is the training
-    loss; `on_epoch(epoch, resumed)` runs as each epoch starts (resumed: mid-epoch, from a
-    checkpoint). From `resume` on, if given. `checkpoint(progress)` runs every
-    `checkpoint_every` steps and at each epoch end; `should_stop()` (a preemption signal) ends
-    training after a checkpoint. `problem` scores the evaluations. Returns the best weights and
-    step."""
+    """Train `parts` for `total_steps` optimizer steps, evaluating each epoch (or every
+    `eval_every` steps); `record` receives every history row; `on_epoch(epoch, resumed)` runs
+    as each epoch starts (resumed: mid-epoch, from a checkpoint). From `resume` on, if given.
+    `checkpoint(progress)` runs every `checkpoint_every` steps and at each epoch end;
+    `should_stop()` (a preemption signal) ends training after a checkpoint. Returns the best
+    weights and step."""
+    accelerator, model, optimizer = parts.accelerator, parts.model, parts.optimizer
+    train_loader, scheduler, problem = parts.train_loader, parts.scheduler, parts.problem
     p = resume or Progress(Best(problem.metric(settings.metric)))
     n = len(train_loader)
-    run = _Run(accelerator, model, eval_loader, problem, settings, total_steps, record, p, n)
+    run = _Run(accelerator, model, parts.eval_loader, problem, settings, total_steps, record, p, n)
     mid_epoch = p.batches > 0
     while not run.done:
         if on_epoch is not None:
@@ -65,7 +75,7 @@ def fit(
             mid_epoch = False
         for batch in batches:
             with accelerator.accumulate(model):
-                loss = loss_fn(logits_of(model, batch), batch["labels"])
+                loss = parts.loss_fn(logits_of(model, batch), batch["labels"])
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and settings.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
@@ -197,17 +207,12 @@ class _Run:
 
 
 def final_evaluations(
-    accelerator: Accelerator,
-    model: torch.nn.Module,
-    outcome: Outcome,
-    eval_loader: DataLoader,
-    test_loader: DataLoader | None,
-    problem: Problem,
-    progress: bool = False,
+    parts: Parts, outcome: Outcome, test_loader: DataLoader | None, progress: bool = False
 ) -> tuple[Evaluation, Evaluation, dict]:
-    """Load the best weights into `model`; their validation result and the final one (on test
-    when there is a test split, else validation again), both scored with the decision rule
-    tuned on validation (`problem.tune`: multi-label's threshold), which is returned too."""
+    """Load the best weights into the model; their validation result and the final one (on
+    test when there is a test split, else validation again), both scored with the decision
+    rule tuned on validation (`problem.tune`: multi-label's threshold), which is returned too."""
+    accelerator, model, problem = parts.accelerator, parts.model, parts.problem
     validation = outcome.best.evaluation
     if outcome.best.state is not None:
         # Whole weights into the module: it holds whole weights on every process, since
@@ -216,7 +221,7 @@ def final_evaluations(
     if validation is None or (problem.tunes and validation.logits is None):
         # No finite evaluation (the last weights, as they are), or one read from a checkpoint
         # without the outputs to tune on.
-        validation = evaluate(accelerator, model, eval_loader, problem, progress)
+        validation = evaluate(accelerator, model, parts.eval_loader, problem, progress)
     tuned = problem.tune(validation, outcome.best.metric)
     validation = problem.apply(validation, tuned)
     if test_loader is None:
