@@ -39,7 +39,8 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     from sft.training.accelerator import make_accelerator
 
     validate(cfg)
-    cfg.trainer.metric = problems.get(cfg.problem).metric(cfg.trainer.metric)  # auto resolved
+    problem = problems.get(cfg.problem)
+    cfg.trainer.metric = problem.metric(cfg.trainer.metric)  # auto resolved
     if cfg.push_to_hub and not cfg.dry_run:
         hub.check_online()  # fail now, not after training
     accelerator = make_accelerator(cfg, run_dir)
@@ -53,7 +54,7 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
         return out.read_metrics()
     checkpoints = checkpoint.Checkpoints(accelerator, out, cfg.trainer.keep_checkpoints)
     resume_from = checkpoints.resume_point(cfg.resume)
-    job = build(cfg, accelerator)
+    job = build(cfg, accelerator, problem)
     if accelerator.is_main_process:
         # Only once data and model are built: bad input leaves an earlier run's results alone.
         out.begin(cfg, resumed=resume_from is not None)
@@ -73,15 +74,16 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     return result
 
 
-def build(cfg: schema.Config, accelerator) -> Job:
-    """Data, model (what trains, at which rate), loaders and optimizer, prepared by Accelerate."""
-    from sft import modalities, problems
+def build(cfg: schema.Config, accelerator, problem) -> Job:
+    """Data, model (what trains, at which rate), loaders and optimizer, prepared by Accelerate;
+    `problem` (sft.problems) fitted to the train targets."""
+    from sft import modalities
     from sft.data.loaders import load_data, loaders
     from sft.training import feature_cache, finetune, optim
     from sft.training.model import check_checkpoint, enable_gradient_checkpointing, load_classifier
 
-    modality, problem = modalities.get(cfg.task), problems.get(cfg.problem)
-    check_checkpoint(cfg.model.checkpoint, cfg.model.revision, cfg.task, cfg.data.max_length)
+    modality = modalities.get(cfg.task)
+    check_checkpoint(cfg.model.checkpoint, cfg.model.revision, modality, cfg.data.max_length)
     with accelerator.main_process_first():  # rank 0 fills the datasets cache, the rest reuse it
         splits, inputs = load_data(modality, cfg.model, cfg.data, cfg.augment, cfg.seed, problem)
     log.info("data: %s", ", ".join(f"{name} {len(ds)}" for name, ds in splits.items()))
@@ -89,7 +91,7 @@ def build(cfg: schema.Config, accelerator) -> Job:
     model = load_classifier(
         cfg.model.checkpoint,
         splits.labels,
-        cfg.task,
+        modality,
         cfg.model.revision,
         freeze_feature_encoder=cfg.model.freeze_feature_encoder,
         pad_token_id=getattr(inputs.processor, "pad_token_id", None),

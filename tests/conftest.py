@@ -194,6 +194,7 @@ def models(tmp_path_factory, tiny_checkpoint):
     """A loader of fresh tiny classifiers (3 labels) by kind: bert, vit, resnet, ..."""
     import torch
 
+    from sft import modalities
     from sft.prepare import tiny_model
     from sft.training.model import load_classifier
 
@@ -204,7 +205,7 @@ def models(tmp_path_factory, tiny_checkpoint):
 
     def load(kind: str, **kwargs):
         path, task = paths[kind]
-        return load_classifier(path, ["a", "b", "c"], task, **kwargs)
+        return load_classifier(path, ["a", "b", "c"], modalities.get(task), **kwargs)
 
     return load
 

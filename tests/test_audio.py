@@ -17,6 +17,7 @@ from sft.data import build_splits, load_raw
 from sft.data.loaders import loaders
 from sft.errors import SftError
 from sft.modalities.audio import DURATION, AudioInputs, audio_augmenter, load_audio
+from sft.modalities.audio import MODALITY as AUDIO
 from sft.prepare import tiny_model
 from sft.problems import PROBLEMS
 from tests.conftest import assert_run_outputs, run_cli
@@ -170,9 +171,7 @@ def test_manifest_with_missing_audio_file_is_named(tmp_path, tiny_wav2vec2):
 def test_freeze_feature_encoder_freezes_only_the_convolutions(tiny_wav2vec2):
     from sft.training.model import load_classifier
 
-    model = load_classifier(
-        str(tiny_wav2vec2), ["a", "b"], "audio-classification", freeze_feature_encoder=True
-    )
+    model = load_classifier(str(tiny_wav2vec2), ["a", "b"], AUDIO, freeze_feature_encoder=True)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen and all(n.startswith("wav2vec2.feature_extractor.") for n in frozen)
     assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith("classifier"))
@@ -186,7 +185,7 @@ def test_whisper_encoder_gets_its_fixed_30_second_window(audiofolder, tmp_path):
     batch = inputs.collator(train=False)([encoded.test[i] for i in range(3)])
     assert batch["input_features"].shape == (3, 80, 3000)
     assert inputs.lengths(encoded.train) is None  # every clip costs the window: no grouping
-    model = load_classifier(str(checkpoint), encoded.labels, "audio-classification")
+    model = load_classifier(str(checkpoint), encoded.labels, AUDIO)
     assert torch.isfinite(model(**batch).loss)
 
 

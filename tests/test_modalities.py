@@ -67,3 +67,7 @@ def test_inputs_are_built_from_plain_config(tiny_checkpoint):
     text = modalities.get(modalities.TEXT)
     inputs = text.inputs(str(tiny_checkpoint), None, DataConfig(max_length=16), AugmentConfig())
     assert inputs.column == "text" and inputs.max_length == 16
+
+
+def test_each_modality_knows_its_own_task():
+    assert all(modalities.get(task).task == task for task in modalities.TASKS)

@@ -62,9 +62,10 @@ def test_spoken_digits_hold_out_voices_for_test(tmp_path):
 
 @pytest.mark.parametrize("kind", ["vit", "resnet", "efficientnet", "wav2vec2", "whisper"])
 def test_tiny_models_load_through_the_auto_classes(tmp_path, kind):
+    from sft.modalities import get
     from sft.training.model import load_classifier
 
     images = ("vit", "resnet", "efficientnet")
     task = "image-classification" if kind in images else "audio-classification"
-    model = load_classifier(str(tiny_model(kind, tmp_path / kind)), ["a", "b", "c"], task)
+    model = load_classifier(str(tiny_model(kind, tmp_path / kind)), ["a", "b", "c"], get(task))
     assert model.config.num_labels == 3 and model.config.id2label[2] == "c"

@@ -61,6 +61,7 @@ class Inputs(Protocol):
 
 class Modality(Protocol):
     name: str  # text | image | audio: also the kind of file a class folder holds (data.sources)
+    task: str  # its pipeline task name: its key in TASKS
     column_key: str  # the DataConfig field naming the input column, e.g. "text_column"
     reads_files: bool  # inputs are file paths (images, audio), not the values themselves
     usage_example: str  # what the model card's pipeline snippet classifies

@@ -212,6 +212,7 @@ def audio_augmenter(
 
 class AudioModality:
     name = "audio"
+    task = "audio-classification"
     column_key = "audio_column"
     reads_files = True
     usage_example = '"clip.wav"'

@@ -166,6 +166,7 @@ def num_channels(checkpoint: str, revision: str | None = None) -> int:
 
 class ImageModality:
     name = "image"
+    task = "image-classification"
     column_key = "image_column"
     reads_files = True
     usage_example = '"photo.jpg"'

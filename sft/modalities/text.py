@@ -19,7 +19,7 @@ from transformers import (
 from sft.config import AugmentConfig, DataConfig
 from sft.data.splits import LABELS, Splits
 from sft.errors import SftError
-from sft.modalities import Inputs, load_processor
+from sft.modalities import TEXT, Inputs, load_processor
 
 
 class TextInputs(Inputs):
@@ -69,6 +69,7 @@ def load_tokenizer(checkpoint: str, revision: str | None = None) -> PreTrainedTo
 
 class TextModality:
     name = "text"
+    task = TEXT
     column_key = "text_column"
     reads_files = False
     usage_example = '"Shares rose 5% after record quarterly profits."'

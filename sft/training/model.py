@@ -22,10 +22,10 @@ log = logging.getLogger(__name__)
 
 
 def check_checkpoint(
-    checkpoint: str, revision: str | None, task: str, max_length: int | None = None
+    checkpoint: str, revision: str | None, modality: Modality, max_length: int | None = None
 ) -> None:
     """Fail first, naming the checkpoint, when its config cannot be read, its model type has
-    no classifier for `task`, or a text model has fewer positions than `max_length` tokens —
+    no classifier of `modality`, or a text model has fewer positions than `max_length` tokens —
     before its tokenizer or processor is looked for, which would take the blame otherwise, and
     before training, which would crash at the first text that long."""
     # A path no hub id can be ('/x', './x', 'a/b/c'): say it is missing, not that it is a bad
@@ -44,8 +44,8 @@ def check_checkpoint(
         "processor files",
     )
     model_type = getattr(config, "model_type", None)
-    claimed = modalities.task_of(model_type)
-    if claimed != task and model_type not in modalities.get(task).model_types():
+    claimed, task = modalities.task_of(model_type), modality.task
+    if claimed != task and model_type not in modality.model_types():
         raise SftError(
             f"model.checkpoint '{checkpoint}' is a {model_type} model, which classifies for "
             f"{claimed}, but task={task}; set task={claimed}, or choose a {task} checkpoint"
@@ -63,7 +63,7 @@ def check_checkpoint(
 def load_classifier(
     checkpoint: str,
     labels: list[str],
-    task: str = modalities.TEXT,
+    modality: Modality | None = None,
     revision: str | None = None,
     freeze_feature_encoder: bool = False,
     pad_token_id: int | None = None,
@@ -81,7 +81,7 @@ def load_classifier(
     more than one label). `head_bias`: where a new head's output
     bias starts (`Problem.head_bias`); a head the checkpoint holds for these labels keeps its own.
     """
-    auto_class = modalities.get(task).auto_class
+    auto_class = (modality or modalities.get(modalities.TEXT)).auto_class
     model, loading = from_checkpoint(
         lambda: auto_class.from_pretrained(
             checkpoint,
@@ -127,13 +127,14 @@ class TrainedModel:
     """A fine-tuned classifier to use: where it is, its task, the input column it was trained on."""
 
     ref: str  # a local directory or a hub id
-    task: str  # a pipeline task name: a key of sft.modalities.TASKS
+    modality: Modality
     column: str | None = None  # the input column of the run that trained it
     run: RunDir | None = None  # the run directory it was found in, if any
 
     @property
-    def modality(self) -> Modality:
-        return modalities.get(self.task)
+    def task(self) -> str:
+        """Its pipeline task name (a key of sft.modalities.TASKS)."""
+        return self.modality.task
 
     def load(self) -> PreTrainedModel:
         return head_in_fp32(self.modality.auto_class.from_pretrained(self.ref))
@@ -148,15 +149,16 @@ def resolve(source: str) -> TrainedModel:
     run = RunDir(path)
     if run.holds_model():
         config = run.read_config()
-        key = modalities.get(config.task).column_key
-        column = OmegaConf.select(config, f"data.{key}", default=None)
-        return TrainedModel(str(run.model), config.task, column, run)
+        modality = modalities.get(config.task)
+        column = OmegaConf.select(config, f"data.{modality.column_key}", default=None)
+        return TrainedModel(str(run.model), modality, column, run)
     if path.exists() and not (path / "config.json").is_file():
         raise SftError(
             f"{source} is neither a run directory (with model/ and config.yaml) nor a model "
             f"directory (with config.json)"
         )
-    return TrainedModel(str(path) if path.exists() else source, detect_task(source))
+    ref = str(path) if path.exists() else source
+    return TrainedModel(ref, modalities.get(detect_task(source)))
 
 
 def detect_task(ref: str) -> str:
