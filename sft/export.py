@@ -9,7 +9,6 @@ PyTorch's, or the command fails. export.json records the largest difference.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 from sft import cli
 from sft.errors import SftError, first_line
-from sft.runs.directory import write_json
+from sft.runs.directory import check_writable, strict_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +36,8 @@ def export_onnx(source: str, output: Path | None = None, opset: int = 18) -> dic
         ) from err
     from sft.training.model import resolve
 
+    if output is not None:
+        check_writable(output, "--output")  # as sft.train checks output_dir, before the work
     found = resolve(source)
     model = found.load().eval()
     processor = found.load_processor()
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--onnx", action="store_true", required=True, help="export to ONNX")
     parser.add_argument("--output", type=Path, help="default: <run_dir>/onnx")
     parser.add_argument("--opset", type=int, default=18)
-    cli.run(parser, lambda a: json.dumps(export_onnx(a.run_dir, a.output, a.opset)), argv)
+    cli.run(parser, lambda a: strict_json(export_onnx(a.run_dir, a.output, a.opset)), argv)
 
 
 if __name__ == "__main__":

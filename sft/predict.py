@@ -25,6 +25,7 @@ from sft.data.sources import FORMATS, MEDIA
 from sft.errors import SftError, first_line
 from sft.modalities import Modality
 from sft.problems.head import head_in_fp32
+from sft.runs.directory import check_writable, strict_json
 from sft.training.model import TrainedModel, resolve
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,8 @@ def collect(inputs: list[str], modality: Modality, column: str) -> list[tuple[st
             items.append(_file_item(path, modality))
         elif modality.reads_files:
             raise SftError(f"{arg} does not exist; give {kind} files or directories")
-        elif path.suffix.lower() in FORMATS or path.suffix.lower() in MEDIA:
-            # Named like a file: a typo in a path must not be classified as a text.
+        elif path.suffix.lower() in FORMATS or path.suffix.lower() in MEDIA or _path_like(arg):
+            # Named like a file or folder: a typo in a path must not be classified as a text.
             raise SftError(f"{arg} does not exist; check the path (texts are given as they are)")
         else:  # the argument is the text itself
             items.append((arg, arg))
@@ -147,7 +148,7 @@ def write(rows: list[dict[str, Any]], output: Path | None) -> None:
             print("  ".join([f"{r['input'][:60]:<{width}}", *cells]))  # noqa: T201
         return
     if output.suffix.lower() == ".json":
-        output.write_text(json.dumps(rows, indent=2) + "\n")
+        output.write_text(strict_json(rows, indent=2) + "\n")
     elif output.suffix.lower() == ".csv":
         with output.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
@@ -158,6 +159,25 @@ def write(rows: list[dict[str, Any]], output: Path | None) -> None:
     else:
         raise SftError(f"--output {output}: write .csv or .json")
     log.info("wrote %d predictions to %s", len(rows), output)
+
+
+def _path_like(arg: str) -> bool:
+    """A folder's path rather than a text: one word ending in a slash or starting as paths do."""
+    one_word = not any(c.isspace() for c in arg)
+    return one_word and (arg.endswith("/") or arg.startswith(("/", "./", "../", "~/")))
+
+
+def _check_options(args) -> None:
+    """Bad options, named before any model is loaded or input read."""
+    for flag, value in (("--top-k", args.top_k), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise SftError(f"{flag} {value}: give 1 or more")
+    if args.output is not None:
+        if args.output.suffix.lower() not in (".csv", ".json"):
+            raise SftError(f"--output {args.output}: write .csv or .json")
+        if args.output.is_dir():
+            raise SftError(f"--output {args.output} is a directory; name a .csv or .json file")
+        check_writable(args.output.parent, "--output")
 
 
 def _shown(value: Any) -> str:
@@ -191,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
 def predict(args) -> None:
     from sft.training.accelerator import autocast
 
+    _check_options(args)
     model = resolve(args.model)
     default_column = getattr(DataConfig(), model.modality.column_key)
     column = args.column or model.column or default_column

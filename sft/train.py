@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from sft import cli
 from sft import config as schema
-from sft.runs.directory import RunDir
+from sft.runs.directory import PendingLog, RunDir
 from sft.training.job import Job
 from sft.validation import validate
 
@@ -27,10 +27,15 @@ log = logging.getLogger("sft.train")
 schema.register()
 
 
-def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
-    """Fine-tune `cfg.model.checkpoint` on `cfg.data` and write the run directory; returns the
-    final metrics (test split when there is one, else validation), or under `dry_run` the
-    parameter-group summary."""
+def train(
+    cfg: schema.Config,
+    run_dir: str | Path,
+    launch: DictConfig | None = None,
+    log_so_far: PendingLog | None = None,
+) -> dict[str, Any]:
+    """Fine-tune `cfg.model.checkpoint` on `cfg.data` and write the run directory (with
+    `launch`, Hydra's config, and `log_so_far`, once claimed); returns the final metrics (test
+    split if any, else validation), or under `dry_run` the parameter-group summary."""
     from accelerate.utils import set_seed
 
     from sft import problems
@@ -49,15 +54,18 @@ def train(cfg: schema.Config, run_dir: str | Path) -> dict[str, Any]:
     if accelerator.is_main_process:
         out.lock()  # one live run per directory
     if cfg.resume == "auto" and out.finished() and not cfg.dry_run:
+        out.refuse_other_settings(cfg)  # before anything in the run changes
         log.info("%s holds a finished run (metrics.json): nothing to do", out.root)
         accelerator.end_training()
-        return out.read_metrics()
+        result = out.read_metrics()
+        if cfg.push_to_hub and accelerator.is_main_process:  # a retry, after a failed push
+            result["pushed_to"] = hub.push_finished(out, cfg.hub.repo_id, cfg.hub.private)
+        return result
     checkpoints = checkpoint.Checkpoints(accelerator, out, cfg.trainer.keep_checkpoints)
     resume_from = checkpoints.resume_point(cfg.resume)
     job = build(cfg, accelerator, problem)
     if accelerator.is_main_process:
-        # Only once data and model are built: bad input leaves an earlier run's results alone.
-        out.begin(cfg, resumed=resume_from is not None)
+        out.begin(cfg, resume_from is not None, launch, log_so_far)  # data and model built
         out.write_param_groups(job.param_groups)
     if cfg.dry_run:
         accelerator.end_training()
@@ -245,8 +253,12 @@ def main(argv: list[str] | None = None) -> None:
 def hydra_main(cfg: DictConfig) -> float | None:
     # In a sweep each job runs in its own sub-directory: record where this one really is.
     cfg.output_dir = HydraConfig.get().runtime.output_dir
-    with cli.exits_on_user_error():
-        result = train(typed := schema.to_config(cfg), cfg.output_dir)
+    log_so_far = PendingLog.hold()  # train.log only once the run directory is claimed
+    try:
+        with cli.exits_on_user_error():
+            result = train(typed := schema.to_config(cfg), cfg.output_dir, cfg, log_so_far)
+    finally:
+        log_so_far.close()
     if cfg.dry_run:
         return None
     # What a sweeper (Optuna) optimises: the validation score. Choosing by test scores would

@@ -131,13 +131,12 @@ def test_disk_full_during_a_checkpoint_keeps_the_last_one_and_resume_finishes(
 
 
 def snapshot(run_dir) -> dict[str, str]:
-    """Every file of a run and a digest of its contents; not Hydra's record of the latest command
-    (.hydra/), the log every attempt appends to, or the lock file a live run holds."""
+    """Every file of a run (Hydra's record of the launch, the log and the lock file included)
+    and a digest of its contents."""
     return {
         str(path.relative_to(run_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(run_dir.rglob("*"))
         if path.is_file()
-        and path.relative_to(run_dir).parts[0] not in (".hydra", "train.log", ".lock")
     }
 
 

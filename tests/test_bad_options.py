@@ -1,0 +1,81 @@
+"""Options a command refuses up front, naming the option and the fix: before a model is
+loaded, an input read or a prediction computed; and JSON that strict readers accept."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+
+from sft.runs.directory import read_json, strict_json, write_json
+from tests.conftest import run_cli
+from tests.test_bad_input import error_line
+
+PREDICT_OPTIONS = {
+    "--top-k 0": (["--top-k", "0"], "--top-k 0: give 1 or more"),
+    "--batch-size 0": (["--batch-size", "0"], "--batch-size 0: give 1 or more"),
+    "--output .txt": (["--output", "out.txt"], "--output out.txt: write .csv or .json"),
+    "--output unwritable": (["--output", "/proc/out.json"], "--output /proc cannot be written"),
+}
+
+
+@pytest.mark.parametrize("options", PREDICT_OPTIONS.values(), ids=list(PREDICT_OPTIONS))
+def test_predict_refuses_a_bad_option_before_any_work(tmp_path, trained_text_run, options):
+    extra, message = options
+    result = run_cli(
+        str(trained_text_run[0]), "some text", *extra, cwd=tmp_path, module="sft.predict"
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert message in error_line(result.stderr)
+    assert "Loading weights" not in result.stderr  # refused before the model was loaded
+
+
+def test_predict_names_a_missing_folder_instead_of_classifying_its_path(tmp_path, trained_text_run):
+    run_dir = str(trained_text_run[0])
+    result = run_cli(run_dir, "missing/folder/", cwd=tmp_path, module="sft.predict")
+    assert result.returncode == 2
+    assert "missing/folder/ does not exist; check the path" in error_line(result.stderr)
+
+
+def test_an_output_dir_the_system_refuses_is_named_though_its_mode_allows_writing(tmp_path):
+    refusing = "/sys/kernel/sft-run"  # sysfs: writable mode bits for root, no new files
+    if not os.path.isdir("/sys/kernel") or not os.access("/sys/kernel", os.W_OK):
+        pytest.skip("no /sys/kernel whose mode bits allow writing here")
+    result = run_cli("recipe=bert_news", f"output_dir={refusing}", "dry_run=true", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"output_dir {refusing} cannot be written: /sys/kernel refuses new files" in (
+        error_line(result.stderr)
+    )
+
+
+def test_export_and_train_refuse_a_read_only_folder_alike(tmp_path, trained_text_run):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    exported = run_cli(
+        str(trained_text_run[0]), "--onnx", "--output", str(locked / "onnx"), cwd=tmp_path,
+        module="sft.export",
+    )  # fmt: skip
+    trained = run_cli("recipe=bert_news", f"output_dir={locked / 'run'}", cwd=tmp_path)
+    for result, key in ((exported, "--output"), (trained, "output_dir")):
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert f"{key} {locked}" in error_line(result.stderr) and "is read-only" in (
+            error_line(result.stderr)
+        )
+    assert not any(locked.iterdir())
+
+
+def test_json_is_strict_an_undefined_score_is_null_and_reads_back_as_nan(tmp_path):
+    scores = {"r2": 0.5, "pearson": math.nan, "per_target": {"y": {"spearman": math.inf}}}
+    path = tmp_path / "metrics.json"
+    write_json(path, scores)
+
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    strict = json.loads(path.read_text(), parse_constant=refuse)  # as JSON.parse and jq read it
+    assert strict == {"r2": 0.5, "pearson": None, "per_target": {"y": {"spearman": None}}}
+    back = read_json(path)
+    assert back["r2"] == 0.5 and math.isnan(back["pearson"])
+    assert json.loads(strict_json([1.0, math.nan]), parse_constant=refuse) == [1.0, None]
