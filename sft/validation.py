@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from sft.config import Config
-from sft.errors import SftError
+from sft.errors import SftError, first_line
 
 SCHEDULERS = {
     "linear",
@@ -97,6 +97,7 @@ def validate(cfg: Config) -> None:
     def value_of(key: str) -> Any:
         return functools.reduce(getattr, key.split("."), cfg)
 
+    from sft import modalities
     from sft.modalities import TASKS
     from sft.problems import PROBLEMS
 
@@ -111,6 +112,16 @@ def validate(cfg: Config) -> None:
         f"with problem={cfg.problem} use one of {metrics}",
     )
     _check_problem_keys(cfg, check)
+    if cfg.task in TASKS:
+        key = modalities.get(cfg.task).column_key
+        column = getattr(cfg.data, key)
+        targets = {cfg.data.label_column, *(cfg.data.label_columns or ())}
+        check(
+            column not in targets,
+            f"data.{key}",
+            column,
+            "it is a label column too, so the model would read the answer; name the input column",
+        )
     check(
         t.precision in PRECISIONS,
         "trainer.precision",
@@ -159,6 +170,8 @@ def validate(cfg: Config) -> None:
         cfg.push_to_hub,
         "it needs hub.repo_id=<user/name> to know where to push",
     )
+    if cfg.push_to_hub and cfg.hub.repo_id:
+        check_repo_id(cfg.hub.repo_id, "hub.repo_id")
     weights = cfg.loss.class_weights
     check(
         weights in ("none", "auto")
@@ -215,3 +228,17 @@ def _check_problem_keys(cfg: Config, check) -> None:
     ]
     for ok, key, want in rules:
         check(ok, key, functools.reduce(getattr, key.split("."), cfg), want)
+
+
+def check_repo_id(repo_id: str, key: str) -> None:
+    """An SftError naming `key` unless `repo_id` is a repository id the hub accepts."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise SftError(
+            f"{key} '{repo_id}' is not a hub repository id ({first_line(err)}); use <user or "
+            f"organisation>/<name> of letters, digits, '-', '_' and '.'"
+        ) from None

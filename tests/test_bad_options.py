@@ -79,3 +79,66 @@ def test_json_is_strict_an_undefined_score_is_null_and_reads_back_as_nan(tmp_pat
     back = read_json(path)
     assert back["r2"] == 0.5 and math.isnan(back["pearson"])
     assert json.loads(strict_json([1.0, math.nan]), parse_constant=refuse) == [1.0, None]
+
+
+BAD_SETUPS = {
+    "a spreadsheet": (
+        lambda root: (root / "train.xlsx").write_bytes(b"PK\x03\x04"),
+        ["data.path={root}/train.xlsx"],
+        ".xlsx is not a data format sft reads; save it as .csv",
+    ),
+    "a header naming a column twice": (
+        lambda root: (root / "train.csv").write_text("text,label,label\na,x,y\nb,y,x\n"),
+        ["data.path={root}/train.csv"],
+        "names the column(s) ['label'] more than once in its header",
+    ),
+    "the input column is the label column": (
+        lambda root: (root / "train.csv").write_text("text,label\na,x\nb,y\n"),
+        ["data.path={root}/train.csv", "data.text_column=label"],
+        "data.text_column=label is not allowed: it is a label column too",
+    ),
+    "a key that is a setting elsewhere": (
+        lambda root: None,
+        ["+trainer.warmup=10"],
+        "trainer.warmup is not a config key; did you mean scheduler.warmup_ratio?",
+    ),
+    "a malformed hub repo id": (
+        lambda root: None,
+        ["push_to_hub=true", "hub.repo_id='not a/valid repo!'"],
+        "hub.repo_id 'not a/valid repo!' is not a hub repository id",
+    ),
+}
+
+
+@pytest.mark.parametrize("setup", BAD_SETUPS.values(), ids=list(BAD_SETUPS))
+def test_a_bad_setup_is_named_with_its_fix(tmp_path, tiny_checkpoint, setup):
+    write, overrides, message = setup
+    root = tmp_path / "data"
+    root.mkdir()
+    write(root)
+    args = [o.format(root=root) for o in overrides]
+    result = run_cli(
+        "recipe=bert_news", f"model.checkpoint={tiny_checkpoint}", *args, "dry_run=true",
+        f"output_dir={tmp_path / 'run'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert message in error_line(result.stderr)
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export"])
+def test_a_run_directory_that_does_not_exist_is_named_so(tmp_path, command):
+    missing = str(tmp_path / "no" / "run")
+    args = {"predict": ["a text"], "evaluate": ["data.path=x.csv"], "export": ["--onnx"]}
+    result = run_cli(missing, *args[command], cwd=tmp_path, module=f"sft.{command}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"{missing} does not exist; give a run directory, a model directory or a hub id" in (
+        error_line(result.stderr)
+    )
+
+
+def test_push_names_a_malformed_repo_id_before_anything_else(tmp_path, trained_text_run):
+    result = run_cli(
+        str(trained_text_run[0]), "--repo-id", "not a/valid repo!", cwd=tmp_path, module="sft.push"
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "--repo-id 'not a/valid repo!' is not a hub repository id" in error_line(result.stderr)

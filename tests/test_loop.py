@@ -40,8 +40,9 @@ def encoded(tiny_checkpoint):
     return inputs.encode(splits), inputs
 
 
-def run_fit(tiny_checkpoint, encoded, total_steps: int, **settings):
-    """Fit from a fixed seed; returns (outcome, history rows, model)."""
+def run_fit(tiny_checkpoint, encoded, total_steps: int, stops=None, **settings):
+    """Fit from a fixed seed; returns (outcome, history rows, model). `stops`: (should_stop,
+    checkpoint) for loop.fit."""
     data, inputs = encoded
     set_seed(0)
     settings = TrainerConfig(progress=False, log_every=1, **settings)
@@ -62,7 +63,10 @@ def run_fit(tiny_checkpoint, encoded, total_steps: int, **settings):
     rows: list[dict] = []
     single = PROBLEMS["single_label"]
     parts = loop.Parts(accelerator, model, optimizer, scheduler, train, val, single)
-    outcome = loop.fit(parts, settings, total_steps, rows.append)
+    should_stop, checkpoint = stops or (None, None)
+    outcome = loop.fit(
+        parts, settings, total_steps, rows.append, checkpoint=checkpoint, should_stop=should_stop
+    )
     return outcome, rows, accelerator.unwrap_model(model)
 
 
@@ -71,6 +75,22 @@ def test_fit_runs_exactly_max_steps_and_evaluates_at_the_end(tiny_checkpoint, en
     assert outcome.steps == 5
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5]
     assert rows[-1]["kind"] == "eval" and rows[-1]["step"] == 5
+
+
+def test_a_stop_asked_for_during_the_last_step_is_kept(tiny_checkpoint, encoded):
+    # Ctrl-C while the last step evaluates: the loop ends there too, so the stop is kept (a
+    # checkpoint, then a preempted outcome) instead of running on to the final evaluation.
+    saved, asked = [], []
+
+    def should_stop() -> bool:  # asked after each of the first 5 steps, then once more
+        asked.append(True)
+        return len(asked) > 5
+
+    checkpoint = saved.append
+    outcome, _, _ = run_fit(tiny_checkpoint, encoded, total_steps=6, batch_size=8,
+                            stops=(should_stop, lambda p: checkpoint(p.step)))  # fmt: skip
+    assert outcome.preempted and outcome.steps == 6
+    assert saved and saved[-1] == 6  # the checkpoint holds every step
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tiny_checkpoint, encoded):

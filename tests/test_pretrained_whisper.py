@@ -131,7 +131,7 @@ def test_a_bad_option_is_named(tmp_path, monkeypatch, options, message):
 
 
 def test_the_resolver_takes_the_window_and_refuses_extra_options(tmp_path, monkeypatch):
-    from sft.config import converted_path
+    from sft.pretrained import converted_path
 
     monkeypatch.setenv("SFT_CACHE", str(tmp_path))
     assert converted_path(NAME, 2).endswith("whisper-tiny.en-seconds2")

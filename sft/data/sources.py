@@ -12,7 +12,6 @@ Accepted, in the order they are tried:
 
 from __future__ import annotations
 
-import codecs
 import logging
 import os
 from collections import defaultdict
@@ -21,6 +20,7 @@ from pathlib import Path
 import datasets
 from datasets.exceptions import DatasetsError
 
+from sft.data.files import encoding_message, encoding_of, has_no_rows, refuse_repeated_columns
 from sft.errors import SftError, first_line
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,11 @@ def load_raw(
     local = Path(path).expanduser()
     columns = (input_column, label_column)
     if local.is_file():
+        if local.suffix.lower() not in FORMATS:
+            raise SftError(
+                f"data.path '{path}': {local.suffix or 'a file without a suffix'} is not a data "
+                f"format sft reads; save it as {', '.join(FORMATS)} (from a spreadsheet: CSV)"
+            )
         loaded = _load_files({"train": [local]}, encodings)
     elif local.is_dir():
         loaded = _load_dir(local, encodings, columns)
@@ -157,11 +162,13 @@ def _load_files(
     by_encoding: dict[str | None, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for split, group in split_files.items():
         for file in group:
-            encoding = None if builder == "parquet" else _encoding_of(file, encodings)
+            encoding = None if builder == "parquet" else encoding_of(file, encodings)
             if builder != "parquet" and encoding is None:
-                raise SftError(_encoding_message(file, encodings))
-            if _has_no_rows(file, encoding):
+                raise SftError(encoding_message(file, encodings))
+            if has_no_rows(file, encoding):
                 raise SftError(f"the {split} split of {file.parent} is empty ({file} has no rows)")
+            if builder == "csv":
+                refuse_repeated_columns(file, encoding, options.get("sep", ","))
             by_encoding[encoding][split].append(str(file))
     parts = [
         _read_files(builder, data_files, {**options, **({"encoding": e} if e else {})})
@@ -212,37 +219,6 @@ def _merge(parts: list[datasets.DatasetDict]) -> datasets.DatasetDict:
     return datasets.DatasetDict(merged)
 
 
-def _encoding_of(file: Path, encodings: list[str] | tuple[str, ...]) -> str | None:
-    """The first of `encodings` that decodes all of `file` to text without NUL characters (a NUL
-    means a binary file, or UTF-16 read as a one-byte encoding such as latin-1)."""
-    for encoding in encodings:
-        decoder = codecs.getincrementaldecoder(encoding)()
-        try:
-            with file.open("rb") as f:
-                while chunk := f.read(1 << 20):
-                    if "\x00" in decoder.decode(chunk):
-                        break
-                else:
-                    decoder.decode(b"", final=True)
-                    return encoding
-        except UnicodeDecodeError:
-            continue
-    return None
-
-
-def _has_no_rows(file: Path, encoding: str | None) -> bool:
-    """A CSV/TSV with a header alone, or a JSON(L) file with no records (read cheaply)."""
-    if file.suffix == ".parquet":
-        return False
-    with file.open(encoding=encoding) as f:
-        head = [line.encode() for line in (f.readline() for _ in range(2)) if line.strip()]
-    if file.suffix in (".csv", ".tsv"):
-        return len(head) < 2
-    return not head or (
-        file.suffix == ".json" and b"".join(h.strip() for h in head) in (b"[]", b"{}")
-    )
-
-
 def _kind(file: Path) -> str | None:
     """'text', 'image' or 'audio' for a file a class folder may hold, else None."""
     if file.name.startswith("."):
@@ -271,7 +247,7 @@ def _read_class_tree(
             if _kind(file) == "text":
                 text = _decode(file.read_bytes(), encodings)
                 if text is None:
-                    raise SftError(_encoding_message(file, encodings))
+                    raise SftError(encoding_message(file, encodings))
                 inputs.append(text)
             else:
                 inputs.append(str(file))
@@ -288,33 +264,6 @@ def _decode(raw: bytes, encodings: list[str] | tuple[str, ...]) -> str | None:
         except UnicodeDecodeError:
             continue
     return None
-
-
-def _encoding_message(file: Path, encodings: list[str] | tuple[str, ...]) -> str:
-    tried = ", ".join(encodings)
-    with file.open("rb") as f:
-        head = f.read(1 << 20)
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return (
-            f"{file} is UTF-16 text (it starts with a UTF-16 byte-order mark), not {tried}; "
-            f"add utf-16 to data.encodings, e.g. data.encodings=[utf-8,utf-16], or re-save it "
-            f"as UTF-8"
-        )
-    if b"\x00" in head:
-        return (
-            f"{file} is not {tried} text: it holds NUL bytes, so it is a binary file (or UTF-16 "
-            f"without a byte-order mark); replace it with the text data file, or re-save it as "
-            f"UTF-8"
-        )
-    try:
-        codecs.getincrementaldecoder(encodings[0])().decode(head)  # a cut last char is fine
-        detail = ""
-    except UnicodeDecodeError as err:
-        detail = f" (byte 0x{err.object[err.start]:02x} at position {err.start})"
-    return (
-        f"{file} is not valid {tried} text{detail}; re-save it as UTF-8, or list its encoding in "
-        f"data.encodings, e.g. data.encodings=[utf-8,latin-1]"
-    )
 
 
 def _load_hub(path: str, name: str | None) -> datasets.DatasetDict:

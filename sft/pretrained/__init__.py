@@ -38,6 +38,23 @@ CONVERTERS = {
 RECORD = "conversion.json"  # written last: what was converted, from which file, how it checked
 
 
+def converted_path(name: str, *values) -> str:
+    """A pretrained checkpoint shipped in a package in another format, converted (once, cached)
+    into a Hugging Face checkpoint directory (`checkpoint`), as the `${sft.converted:...}`
+    resolver gives it. `values` are its options, in the converter's order
+    (`${sft.converted:whisper-tiny.en,2}`: a 2-second window)."""
+    try:
+        names = list(converter_of(name).OPTIONS)
+        if len(values) > len(names):
+            raise SftError(
+                f"${{sft.converted:{name},...}} takes {len(names)} option(s) "
+                f"({', '.join(names) or 'none'}), not {len(values)}"
+            )
+        return str(checkpoint(name, **dict(zip(names, values, strict=False))))
+    except SftError as err:
+        raise ValueError(str(err)) from err  # to_config reports a resolver's ValueError as is
+
+
 def cache_dir() -> Path:
     """Where converted checkpoints are kept: $SFT_CACHE/converted (default ~/.cache/sft)."""
     return Path(os.environ.get("SFT_CACHE", Path.home() / ".cache" / "sft")) / "converted"

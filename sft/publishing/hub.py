@@ -18,6 +18,7 @@ from pathlib import Path
 from sft.errors import SftError, first_line
 from sft.publishing.card import model_card
 from sft.runs.directory import RunDir
+from sft.validation import check_repo_id
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False) -> str:
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
+    check_repo_id(repo_id, "--repo-id")
     run = RunDir(run_dir)
     run.read_finished()  # a finished run, or a clear error
     if not run.model.is_dir():

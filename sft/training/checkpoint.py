@@ -305,7 +305,10 @@ class Preemption:
     def _handle(self, signum, frame) -> None:
         self.signalled = signal.Signals(signum).name
         if signum == signal.SIGINT:
-            log.warning("Ctrl-C: checkpointing and stopping at the next step (again to quit now)")
+            log.warning(
+                "Ctrl-C: checkpointing and stopping after this step (once every step is done, "
+                "the run finishes instead: it evaluates and saves); Ctrl-C again to quit now"
+            )
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def __call__(self) -> bool:

@@ -94,6 +94,11 @@ def fit(
                 return run.outcome(preempted=True)
         if not run.done:
             run.end_epoch(checkpoint)
+    if checkpoint is not None and should_stop is not None and should_stop():
+        # Asked to stop during the last step (its evaluation): stop, as the signal was told.
+        p.seconds = time.perf_counter() - run.start
+        checkpoint(p)
+        return run.outcome(preempted=True)
     return run.outcome()
 
 

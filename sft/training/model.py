@@ -28,10 +28,7 @@ def check_checkpoint(
     no classifier of `modality`, or a text model has fewer positions than `max_length` tokens —
     before its tokenizer or processor is looked for, which would take the blame otherwise, and
     before training, which would crash at the first text that long."""
-    # A path no hub id can be ('/x', './x', 'a/b/c'): say it is missing, not that it is a bad
-    # repo id, which is what the hub client would answer.
-    path_like = Path(checkpoint).is_absolute() or checkpoint.startswith(".")
-    if (path_like or checkpoint.count("/") > 1) and not Path(checkpoint).exists():
+    if _path_like(checkpoint) and not Path(checkpoint).exists():
         raise SftError(
             f"model.checkpoint '{checkpoint}' does not exist; give a directory with config.json "
             f"and the model weights, or a hub id (user/name)"
@@ -152,6 +149,10 @@ def resolve(source: str) -> TrainedModel:
         modality = modalities.get(config.task)
         column = OmegaConf.select(config, f"data.{modality.column_key}", default=None)
         return TrainedModel(str(run.model), modality, column, run)
+    if not path.exists() and _path_like(source):
+        raise SftError(
+            f"{source} does not exist; give a run directory, a model directory or a hub id"
+        )
     if path.exists() and not (path / "config.json").is_file():
         raise SftError(
             f"{source} is neither a run directory (with model/ and config.yaml) nor a model "
@@ -167,3 +168,9 @@ def detect_task(ref: str) -> str:
         ref, None, f"the model '{ref}'", "pass a run directory, a model directory or a hub id"
     )
     return modalities.task_of(config.model_type)
+
+
+def _path_like(ref: str) -> bool:
+    """A path no hub id can be ('/x', './x', '~/x', 'a/b/c'): missing, it is said to be missing,
+    not a malformed repo id, which is what the hub client would answer."""
+    return ref.startswith(("/", ".", "~")) or ref.count("/") > 1
