@@ -132,6 +132,10 @@ def _evaluate(args) -> None:
     splits = [a for a in args.args if "=" not in a]
     if len(splits) > 1:
         raise SftError(f"one split at most, got {splits}")
+    keys = set(schema.schema_keys())
+    for key in (o.split("=", 1)[0] for o in overrides):
+        if key.lstrip("+~") not in keys:
+            raise SftError(schema.not_a_key(key))
     if not any(o.startswith("data.path=") for o in overrides):
         raise SftError("name the data to evaluate on: data.path=<hub id, file or directory>")
     split = splits[0] if splits else None

@@ -92,6 +92,14 @@ BAD_SETUPS = {
         ["data.path={root}/train.csv"],
         "names the column(s) ['label'] more than once in its header",
     ),
+    "a split file without the label column": (
+        lambda root: [
+            (root / "train.csv").write_text("text,label\na,x\nb,y\n"),
+            (root / "test.csv").write_text("text\nc\n"),
+        ],
+        ["data.path={root}"],
+        "test.csv has columns ['text'], but train.csv has ['text', 'label'] (missing: ['label']",
+    ),
     "the input column is the label column": (
         lambda root: (root / "train.csv").write_text("text,label\na,x\nb,y\n"),
         ["data.path={root}/train.csv", "data.text_column=label"],
@@ -142,3 +150,10 @@ def test_push_names_a_malformed_repo_id_before_anything_else(tmp_path, trained_t
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "--repo-id 'not a/valid repo!' is not a hub repository id" in error_line(result.stderr)
+
+
+def test_evaluate_names_a_misspelt_key_rather_than_a_missing_data_path(tmp_path, trained_text_run):
+    run_dir, corpus = trained_text_run
+    result = run_cli(str(run_dir), f"data.pth={corpus}", cwd=tmp_path, module="sft.evaluate")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "data.pth is not a config key; did you mean data.path?" in error_line(result.stderr)

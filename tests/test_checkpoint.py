@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from transformers import get_scheduler
 
 from sft.config import OptimizerConfig
+from sft.errors import SftError
 from sft.runs.directory import RunDir
 from sft.training.checkpoint import Checkpoints
 from sft.training.model import load_classifier
@@ -32,9 +33,9 @@ class Training:
     `run_dir`; each step draws its batch from the global RNGs and trains with dropout, so an
     exact continuation needs the RNG states as well as the weights."""
 
-    def __init__(self, checkpoint: Path, run_dir: Path, keep: int = 2):
+    def __init__(self, checkpoint: Path, run_dir: Path, keep: int = 2, labels=("a", "b", "c")):
         self.accelerator = Accelerator(cpu=True)
-        model = load_classifier(str(checkpoint), ["a", "b", "c"])
+        model = load_classifier(str(checkpoint), list(labels))
         optimizer = make_optimizer(
             param_groups(model, lr=5e-3, weight_decay=0.01), OptimizerConfig()
         )
@@ -162,3 +163,17 @@ def test_fsdp_is_refused_with_one_line(tmp_path, tiny_checkpoint, text_corpus):
     assert "sharded training (FSDP, DeepSpeed, Megatron-LM) is not supported" in refusals[0]
     assert 'sft/training/accelerator.py"' not in result.stderr  # no traceback through sft
     assert not (tmp_path / "run" / "model").exists()
+
+
+def test_resuming_another_models_checkpoint_is_named_not_a_size_mismatch_traceback(
+    tmp_path, tiny_checkpoint
+):
+    first = Training(tiny_checkpoint, tmp_path / "run")
+    first.steps(1)
+    checkpoint = first.checkpoints.save(first.progress)
+    other = Training(tiny_checkpoint, tmp_path / "other", labels=("a", "b"))  # another head
+    with pytest.raises(SftError) as refused:
+        other.checkpoints.load(checkpoint, "f1")
+    message = str(refused.value)
+    assert f"resume={checkpoint}: its weights are not this model's" in message
+    assert "size mismatch for classifier.weight" in message and "resume=never" in message

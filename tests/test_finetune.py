@@ -392,3 +392,21 @@ def test_frozen_batchnorm_statistics_do_not_move_during_training(models, tmp_pat
     for name, buffer in model.named_buffers():
         assert torch.equal(buffer, before[name]), name
     assert any(m.training for m in model.modules())  # the head itself still trains
+
+
+def test_lora_adapts_gpt2s_conv1d_layers():
+    # GPT-2's linear layers are transformers' Conv1D (weights stored transposed): peft adapts
+    # them given fan_in_fan_out; they were once refused as "not layers ... choose among []".
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from sft.training.finetune import apply_lora
+
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, num_labels=3)
+    config.pad_token_id = 0
+    torch.manual_seed(0)
+    model = apply_lora(GPT2ForSequenceClassification(config).eval(), 4, 8, 0.0, None)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("c_attn.lora_A" in n for n in trainable)
+    assert model.peft_config["default"].fan_in_fan_out
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert model(input_ids=ids).logits.shape == (1, 3)

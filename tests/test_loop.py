@@ -13,6 +13,7 @@ from transformers import get_scheduler
 
 from sft.config import OptimizerConfig, TrainerConfig
 from sft.data import build_splits
+from sft.errors import SftError
 from sft.modalities.text import TextInputs
 from sft.problems import PROBLEMS
 from sft.training import loop
@@ -40,7 +41,7 @@ def encoded(tiny_checkpoint):
     return inputs.encode(splits), inputs
 
 
-def run_fit(tiny_checkpoint, encoded, total_steps: int, stops=None, **settings):
+def run_fit(tiny_checkpoint, encoded, total_steps: int, stops=None, loss_fn=None, **settings):
     """Fit from a fixed seed; returns (outcome, history rows, model). `stops`: (should_stop,
     checkpoint) for loop.fit."""
     data, inputs = encoded
@@ -63,6 +64,7 @@ def run_fit(tiny_checkpoint, encoded, total_steps: int, stops=None, **settings):
     rows: list[dict] = []
     single = PROBLEMS["single_label"]
     parts = loop.Parts(accelerator, model, optimizer, scheduler, train, val, single)
+    parts.loss_fn = loss_fn or parts.loss_fn
     should_stop, checkpoint = stops or (None, None)
     outcome = loop.fit(
         parts, settings, total_steps, rows.append, checkpoint=checkpoint, should_stop=should_stop
@@ -91,6 +93,17 @@ def test_a_stop_asked_for_during_the_last_step_is_kept(tiny_checkpoint, encoded)
                             stops=(should_stop, lambda p: checkpoint(p.step)))  # fmt: skip
     assert outcome.preempted and outcome.steps == 6
     assert saved and saved[-1] == 6  # the checkpoint holds every step
+
+
+def test_a_diverged_run_stops_with_the_step_and_the_fix(tiny_checkpoint, encoded):
+    def diverging(logits, labels):  # finite for two steps, then NaN
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        diverging.calls += 1
+        return loss * (float("nan") if diverging.calls > 2 else 1.0)
+
+    diverging.calls = 0
+    with pytest.raises(SftError, match=r"training diverged: .* nan at step 3; lower optimizer.lr"):
+        run_fit(tiny_checkpoint, encoded, total_steps=6, loss_fn=diverging, batch_size=8)
 
 
 def test_gradient_accumulation_counts_optimizer_steps(tiny_checkpoint, encoded):

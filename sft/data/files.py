@@ -11,8 +11,9 @@ from pathlib import Path
 from sft.errors import SftError
 
 
-def refuse_repeated_columns(file: Path, encoding: str | None, sep: str) -> None:
-    """A header naming a column twice: the reader would keep one of them, unsaid."""
+def header_of(file: Path, encoding: str | None, sep: str) -> list[str]:
+    """A CSV/TSV file's column names; an SftError if it names one twice (a reader would keep
+    one of them, unsaid)."""
     with file.open(encoding=encoding, newline="") as f:
         header = next(csv.reader(f, delimiter=sep), [])
     repeated = sorted({c for c in header if header.count(c) > 1})
@@ -21,6 +22,21 @@ def refuse_repeated_columns(file: Path, encoding: str | None, sep: str) -> None:
             f"{file} names the column(s) {repeated} more than once in its header; rename or "
             f"drop the repeats"
         )
+    return header
+
+
+def refuse_other_columns(headers: dict[Path, list[str]], reference: Path) -> None:
+    """An SftError naming a file whose columns differ from `reference`'s (the train file's):
+    the splits of one data set are read as one table, and the reader's own error names no
+    file or column."""
+    expected = headers[reference]
+    for file, header in headers.items():
+        missing, extra = sorted(set(expected) - set(header)), sorted(set(header) - set(expected))
+        if missing or extra:
+            raise SftError(
+                f"{file} has columns {header}, but {reference.name} has {expected} (missing: "
+                f"{missing}, extra: {extra}); give every split file the same columns"
+            )
 
 
 def encoding_of(file: Path, encodings: list[str] | tuple[str, ...]) -> str | None:

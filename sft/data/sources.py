@@ -20,7 +20,13 @@ from pathlib import Path
 import datasets
 from datasets.exceptions import DatasetsError
 
-from sft.data.files import encoding_message, encoding_of, has_no_rows, refuse_repeated_columns
+from sft.data.files import (
+    encoding_message,
+    encoding_of,
+    has_no_rows,
+    header_of,
+    refuse_other_columns,
+)
 from sft.errors import SftError, first_line
 
 log = logging.getLogger(__name__)
@@ -160,6 +166,7 @@ def _load_files(
     # Each file gets the first encoding of the list that decodes it: one directory may hold a
     # UTF-16 export beside UTF-8 files.
     by_encoding: dict[str | None, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    headers: dict[Path, list[str]] = {}
     for split, group in split_files.items():
         for file in group:
             encoding = None if builder == "parquet" else encoding_of(file, encodings)
@@ -168,8 +175,11 @@ def _load_files(
             if has_no_rows(file, encoding):
                 raise SftError(f"the {split} split of {file.parent} is empty ({file} has no rows)")
             if builder == "csv":
-                refuse_repeated_columns(file, encoding, options.get("sep", ","))
+                headers[file] = header_of(file, encoding, options.get("sep", ","))
             by_encoding[encoding][split].append(str(file))
+    if headers:
+        reference = (split_files.get("train") or list(headers))[0]
+        refuse_other_columns(headers, reference)
     parts = [
         _read_files(builder, data_files, {**options, **({"encoding": e} if e else {})})
         for e, data_files in by_encoding.items()

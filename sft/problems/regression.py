@@ -4,6 +4,7 @@ folded back into the saved output layer. Targets: `data.label_column` (one numbe
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from sft.errors import SftError
 from sft.problems import metrics
 from sft.problems.base import CardMetric, Loss, Problem
 from sft.problems.head import output_layer
+
+log = logging.getLogger(__name__)
 
 # metrics.json key -> the metric module computing it (and its result key)
 MODULES = {"mse": "mse", "mae": "mae", "r2": "r_squared", "pearson": "pearsonr",
@@ -158,6 +161,12 @@ class Regression(Problem):
                 for j, name in enumerate(labels)
             }
         report["labels"] = labels
+        undefined = [k for k in self.metrics if report[k] != report[k]]
+        if undefined:
+            log.warning(
+                "%s undefined (NaN, written as null): the predictions or the targets are constant",
+                ", ".join(undefined),
+            )
         if self.mean is not None:
             report["standardized_targets"] = {"mean": self.mean.tolist(), "std": self.std.tolist()}
         return report

@@ -185,7 +185,16 @@ class Checkpoints:
                 f"written by this version, or start over with resume=never"
             ) from None
         # The module holds whole weights on every process: make_accelerator refuses sharding.
-        acc.unwrap_model(self.model).load_state_dict(load_file(directory / WEIGHTS))
+        try:
+            acc.unwrap_model(self.model).load_state_dict(load_file(directory / WEIGHTS))
+        except RuntimeError as err:  # another model's weights: names or shapes differ
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            detail = next((line for line in lines[1:] if "for" in line or "key" in line), lines[0])
+            raise SftError(
+                f"resume={directory}: its weights are not this model's ({detail[:200]}); resume "
+                f"with the model.checkpoint and labels it trained with (config.yaml beside it), "
+                f"or start over with resume=never"
+            ) from None
         self.optimizer.load_state_dict(_optimizer_state_dict(*_read(directory / OPTIMIZER)))
         self.scheduler.load_state_dict(state["scheduler"])
         if acc.scaler is not None and state["grad_scaler"] is not None:

@@ -208,13 +208,15 @@ def apply_lora(
     and convolution layer in the blocks); the head trains in full and is saved with them."""
     from peft import LoraConfig, get_peft_model
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers, weights transposed
 
     layout = find_layout(model)
+    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, Conv1D)
     block_modules = {
         name: module
         for name, module in model.named_modules()
         if name.startswith(layout.blocks_path + ".")
-        and isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d))
+        and isinstance(module, kinds)
         and getattr(module, "groups", 1) == 1  # LoRA has no form for depthwise convolutions
     }
     found = {name.rsplit(".", 1)[-1] for name in block_modules}
@@ -227,14 +229,17 @@ def apply_lora(
             f"blocks ({layout.blocks_path}); choose among {sorted(found)}"
         )
     head_modules = sorted({n.split(".")[0] for n in layout.head})
+    chosen = {n: m for n, m in block_modules.items() if n.rsplit(".", 1)[-1] in targets}
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
         # Full module names, so that only the blocks' layers get adapters (not a pooler's
         # "dense", nor a block's sub-layer that shares a name with its convolution).
-        target_modules=[n for n in block_modules if n.rsplit(".", 1)[-1] in targets],
+        target_modules=[n for n in chosen],
         modules_to_save=head_modules,
+        # transformers' Conv1D stores its weight as (in, out): peft must know to transpose
+        fan_in_fan_out=any(isinstance(m, Conv1D) for m in chosen.values()),
     )
     return get_peft_model(model, config)
 

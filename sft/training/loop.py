@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sft.config import TrainerConfig
+from sft.errors import SftError
 from sft.problems import Problem
 from sft.training.accelerator import named
 from sft.training.finetune import train_mode
@@ -153,6 +154,11 @@ class _Run:
         )
         self.record(row)
         p.running_loss = []
+        if not math.isfinite(row["loss"]):  # every later step would be wasted, and its weights
+            raise SftError(
+                f"training diverged: the training loss is {row['loss']} at step {p.step}; lower "
+                f"optimizer.lr, or train in fp32 (trainer.precision=fp32) if it ran in bf16/fp16"
+            )
 
     def evaluate_if_due(self) -> None:
         """Evaluate every `eval_every` steps and at the last; track the best; early stopping."""
