@@ -7,6 +7,7 @@ line."""
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import subprocess
 from functools import partial
@@ -177,3 +178,20 @@ def test_resuming_another_models_checkpoint_is_named_not_a_size_mismatch_traceba
     message = str(refused.value)
     assert f"resume={checkpoint}: its weights are not this model's" in message
     assert "size mismatch for classifier.weight" in message and "resume=never" in message
+
+
+def test_checkpoint_json_is_strict_and_an_undefined_best_score_comes_back(
+    tmp_path, tiny_checkpoint
+):
+    # Before any improvement the best score is -inf; a correlation can be NaN: JSON has neither.
+    first = Training(tiny_checkpoint, tmp_path / "run")
+    first.steps(1)
+    checkpoint = first.checkpoints.save(first.progress)  # best score still (-inf, -inf)
+
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    for name in ("progress.json", "complete.json"):
+        json.loads((checkpoint / name).read_text(), parse_constant=refuse)
+    again = Training(tiny_checkpoint, tmp_path / "run")
+    assert again.checkpoints.load(checkpoint, "f1").best.score == (-math.inf, -math.inf)

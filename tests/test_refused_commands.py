@@ -107,3 +107,23 @@ def test_a_refused_command_leaves_a_live_run_as_it_was(tmp_path, finished):
     finally:
         live.kill()
         live.wait()
+
+
+@pytest.mark.slow
+def test_the_same_command_with_a_push_retries_the_push_and_leaves_the_run(
+    tmp_path, finished, monkeypatch
+):
+    # After a push at the end of training failed, the message says to retry; re-running the
+    # training command is the retry a user tries first: it pushes the finished run as it is.
+    from tests.hub_server import HubServer
+    from tests.test_push import TOKEN, use_hub_env
+
+    run_dir, args = finished
+    before = snapshot(run_dir)
+    with HubServer(TOKEN) as hub:
+        use_hub_env(monkeypatch, hub, tmp_path, HF_TOKEN=TOKEN)
+        result = run_cli(*args, "push_to_hub=true", "hub.repo_id=me/retried", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "nothing to do" in result.stdout + result.stderr
+        assert "model.safetensors" in hub.repos["me/retried"].files
+    assert snapshot(run_dir) == before

@@ -40,7 +40,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sft.errors import Preempted, SftError
-from sft.runs.directory import RunDir
+from sft.runs.directory import RunDir, strict_json
 from sft.training.state import Progress, cpu_copy
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class Checkpoints:
                 "grad_scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
                 "accumulated": acc.step,  # batches into gradient accumulation
             }
-            (partial / PROGRESS).write_text(json.dumps(state))
+            (partial / PROGRESS).write_text(strict_json(state))  # -inf / NaN scores: null
         acc.wait_for_everyone()  # every process's RNG file is in place
         if acc.is_main_process:
             files = {
@@ -99,7 +99,7 @@ class Checkpoints:
             }
             if best is not None and best != WEIGHTS:
                 files[best] = (partial / best).stat().st_size
-            (partial / MANIFEST).write_text(json.dumps({"step": p.step, "files": files}))
+            (partial / MANIFEST).write_text(strict_json({"step": p.step, "files": files}))
             shutil.rmtree(final, ignore_errors=True)
             partial.rename(final)
             complete = self.complete()

@@ -107,7 +107,7 @@ class Progress:
         b = state["best"]
         best = Best(
             metric,
-            score=tuple(b["score"]),
+            score=tuple(-math.inf if v is None else v for v in b["score"]),  # strict JSON
             step=b["step"],
             state=best_state,
             evaluation=_from_plain(b["evaluation"]),
@@ -139,9 +139,9 @@ def _plain(e: Evaluation | None) -> dict | None:
 def _from_plain(e: dict | None) -> Evaluation | None:
     if e is None:
         return None
-    return Evaluation(
-        e["loss"], np.asarray(e["predictions"]), np.asarray(e["references"]), e["scores"]
-    )
+    scores = {k: math.nan if v is None else v for k, v in e["scores"].items()}  # strict JSON
+    loss = math.nan if e["loss"] is None else e["loss"]
+    return Evaluation(loss, np.asarray(e["predictions"]), np.asarray(e["references"]), scores)
 
 
 @dataclass
