@@ -11,10 +11,13 @@ import argparse
 
 from sft import cli, pretrained
 from sft.errors import SftError
+from sft.runs.directory import check_writable
 
 
 def work(args: argparse.Namespace) -> str:
     given = {k: getattr(args, k) for k in _options() if getattr(args, k) is not None}
+    if args.out:
+        check_writable(args.out, "--out")
     if args.untrained:
         if not args.out:
             raise SftError("--untrained needs --out DIR (it is not cached)")

@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from sft import cli
+from sft.errors import SftError
+from sft.runs.directory import check_writable
 
 log = logging.getLogger("sft.prepare")
 
@@ -56,11 +58,16 @@ FASHION_CLASSES = [
 
 def read_idx(path: Path) -> np.ndarray:
     """An idx-ubyte(.gz) file (the MNIST format) as a uint8 array."""
+    if not path.is_file():
+        raise SftError(
+            f"{path} does not exist: --source names the folder holding Fashion-MNIST's idx files "
+            f"(train-images-idx3-ubyte.gz and the three others; make data-images finds them)"
+        )
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         zero, dtype, ndim = struct.unpack(">HBB", f.read(4))
         if zero != 0 or dtype != 0x08:
-            raise ValueError(f"{path} is not an idx file of unsigned bytes")
+            raise SftError(f"{path} is not an idx file of unsigned bytes; give the idx-ubyte files")
         shape = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
         return np.frombuffer(f.read(), dtype=np.uint8).reshape(shape)
 
@@ -236,6 +243,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _prepare(args) -> None:
+    check_writable(args.out, "--out")  # before any work, as sft.train checks output_dir
+    for flag in ("train_per_class", "test_per_class", "image_size", "min_examples"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise SftError(f"--{flag.replace('_', '-')} {value}: give 1 or more")
     if args.command == "fashion-mnist":
         fashion_mnist(args.source, args.out, args.train_per_class, args.test_per_class)
     elif args.command == "spoken-digits":

@@ -157,3 +157,37 @@ def test_evaluate_names_a_misspelt_key_rather_than_a_missing_data_path(tmp_path,
     result = run_cli(str(run_dir), f"data.pth={corpus}", cwd=tmp_path, module="sft.evaluate")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "data.pth is not a config key; did you mean data.path?" in error_line(result.stderr)
+
+
+PREPARE_AND_CONVERT = {
+    "fashion-mnist without its files": (
+        "sft.prepare", ["fashion-mnist", "--source", "{tmp}/nowhere", "--out", "{tmp}/fm"],
+        "{tmp}/nowhere/train-images-idx3-ubyte.gz does not exist: --source names the folder",
+    ),
+    "an --out the system refuses": (
+        "sft.prepare", ["tiny-model", "vit", "--out", "/proc/tiny"],
+        "--out /proc/tiny cannot be written: /proc is read-only",
+    ),
+    "a size below 1": (
+        "sft.prepare", ["tiny-model", "vit", "--out", "{tmp}/vit", "--image-size", "0"],
+        "--image-size 0: give 1 or more",
+    ),
+    "a count below 1": (
+        "sft.prepare", ["fashion-mnist", "--source", "{tmp}", "--out", "{tmp}/fm",
+                        "--train-per-class", "0"],
+        "--train-per-class 0: give 1 or more",
+    ),
+    "a converted checkpoint's --out the system refuses": (
+        "sft.convert", ["whisper-tiny.en", "--out", "/proc/whisper"],
+        "--out /proc/whisper cannot be written",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", PREPARE_AND_CONVERT.values(), ids=list(PREPARE_AND_CONVERT))
+def test_prepare_and_convert_name_a_bad_argument_before_any_work(tmp_path, case):
+    module, args, message = case
+    result = run_cli(*(a.format(tmp=tmp_path) for a in args), cwd=tmp_path, module=module)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert message.format(tmp=tmp_path) in error_line(result.stderr)
+    assert not (tmp_path / "vit").exists() and not (tmp_path / "fm").exists()
