@@ -203,6 +203,9 @@ class Config:
     # single_label | multi_label (any number of labels per example) | regression (numbers);
     # saved as the model's `problem_type`, which pipeline() scores by
     problem: str = "single_label"
+    # temperature: fit one temperature on the validation split's logits after training and fold
+    # it into the saved output layer (calibrated probabilities; no argmax changes); none: as is
+    calibration: str = "temperature"
 
 
 def to_config(cfg: DictConfig) -> Config:

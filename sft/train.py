@@ -173,8 +173,7 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
             total = len(job.unfreezer.layout.blocks)
             log.info("epoch %d: %d of %d blocks train", epoch, blocks, total)
 
-    keep = t.keep_checkpoints > 0
-    problem = job.problem
+    keep, problem = t.keep_checkpoints > 0, job.problem
     # Validation batches carry cache keys: evaluate them within `serving` too.
     with (
         job.cache.serving() if job.cache is not None else nullcontext(),
@@ -189,6 +188,7 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
             job.loaders.validation,
             problem,
             problem.loss(cfg.loss, job.splits.train_targets(), len(job.splits.labels)),
+            cfg.calibration == "temperature",
         )
         outcome = loop.fit(
             parts,

@@ -112,6 +112,8 @@ def validate(cfg: Config) -> None:
         f"with problem={cfg.problem} use one of {metrics}",
     )
     _check_problem_keys(cfg, check)
+    check(cfg.calibration in ("temperature", "none"), "calibration", cfg.calibration,
+          "use temperature or none")  # fmt: skip
     if cfg.task in TASKS:
         key = modalities.get(cfg.task).column_key
         column = getattr(cfg.data, key)

@@ -95,7 +95,8 @@ def test_pipeline_loads_the_model_dir_with_labels_head_and_lora_in_effect(
     without = AutoModelForSequenceClassification.from_config(classify.model.config).eval()
     without.load_state_dict(load_file(run_dir / "model" / "model.safetensors"))
     loaded = logits_of(classify.model, TEXTS, run_dir / "model")
-    assert (loaded - logits_of(without, TEXTS, run_dir / "model")).abs().max() > 1e-4
+    difference = (loaded - logits_of(without, TEXTS, run_dir / "model")).abs().max()
+    assert difference > 1e-3 * loaded.abs().max()  # relative: calibration may shrink the logits
 
 
 def test_predict_evaluate_and_export_the_adapter_run(tmp_path, adapter_run, tiny_checkpoint):

@@ -5,7 +5,10 @@ registered in sft/problems/__init__.py."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -14,7 +17,10 @@ import torch
 
 from sft.config import LossConfig
 from sft.data.targets import Encoder, TargetSpec
-from sft.problems import metrics
+from sft.problems import calibration, metrics
+from sft.problems.head import output_layer
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import datasets
@@ -83,6 +89,55 @@ class Problem:
         """`evaluation` rescored under the tuned rule."""
         return evaluation
 
+    # -- calibration (sft/problems/calibration.py) --------------------------------------------
+    calibrates = False  # whether its outputs are probabilities a temperature can calibrate
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """What the model's outputs mean as probabilities (softmax, sigmoid)."""
+        raise NotImplementedError
+
+    def calibrated(self, evaluation: Evaluation) -> tuple[Evaluation, float]:
+        """`evaluation` (validation: the best checkpoint's) with its logits divided by the
+        temperature that minimises their NLL, and that temperature; its `calibration` holds
+        ECE, NLL and Brier score before and after."""
+        if self._separated(evaluation):
+            # NLL falls toward 0 as T does: validation has no mistake to weigh confidence by
+            # (a small or easy split), and a tiny T would only make the model surer. Keep it.
+            log.warning("calibration: validation is separated perfectly; temperature kept at 1")
+            return self.scaled(evaluation, 1.0), 1.0
+        temperature = calibration.fit_temperature(
+            evaluation.logits, partial(self._nll, evaluation.references)
+        )
+        return self.scaled(evaluation, temperature), temperature
+
+    def scaled(self, evaluation: Evaluation, temperature: float) -> Evaluation:
+        """`evaluation` as the model with its output layer divided by `temperature` gives it."""
+        logits = torch.as_tensor(evaluation.logits) / temperature
+        targets = torch.as_tensor(evaluation.references)
+        before = self._calibration_scores(evaluation.logits, evaluation.references)
+        after = self._calibration_scores(logits.numpy(), evaluation.references)
+        predictions = self.predict(logits)
+        return dataclasses.replace(
+            evaluation,
+            logits=logits.numpy(),
+            loss=self.eval_loss(logits, targets),
+            predictions=predictions,
+            scores=self.scores(predictions, evaluation.references),
+            calibration={"before": before, "after": after},
+        )
+
+    def _nll(self, references: np.ndarray, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _separated(self, evaluation: Evaluation) -> bool:
+        """Whether every output already falls on the right side (no temperature is best)."""
+        raise NotImplementedError
+
+    def _calibration_scores(self, logits: np.ndarray, references: np.ndarray) -> dict:
+        """ECE (15 bins), NLL and Brier score of `logits` against `references`, and the
+        reliability diagram's bins."""
+        raise NotImplementedError
+
     def saved_rule(self, config: Any) -> dict[str, float]:
         """The tuned rule a saved model's config carries (what `tune` returned)."""
         return {}
@@ -95,7 +150,15 @@ class Problem:
 
     def bake_into(self, model: torch.nn.Module, tuned: dict[str, float]) -> None:
         """Make the trained `model` carry what a saved model must: the tuned rule in its
-        config (and, for standardised regression, the target scale in its output layer)."""
+        config, the calibration temperature folded into its output layer (W/T, b/T: every
+        user of the saved model gets calibrated scores), and for standardised regression the
+        target scale."""
+        temperature = tuned.get("calibration_temperature", 1.0)
+        if temperature != 1.0:
+            layer = output_layer(model, model.config.num_labels, "calibration=none")
+            with torch.no_grad():
+                layer.weight.div_(temperature)
+                layer.bias.div_(temperature)
         model.config.update(tuned)
 
     def head_bias(self, cfg: LossConfig, train_targets: np.ndarray) -> np.ndarray | None:
@@ -158,8 +221,9 @@ class Problem:
         tuned: dict[str, float],
     ) -> dict[str, Any]:
         """metrics.json's scores: the `report` of the final evaluation on `split`, its loss,
-        the best checkpoint's validation scores and the rule tuned on them (`tune`)."""
-        return {
+        the best checkpoint's validation scores and the rule tuned on them (`tune`), and with a
+        temperature, ECE, NLL and Brier score before and after calibration on both splits."""
+        report = {
             "problem": self.name,
             "split": split,
             **self.report(final.predictions, final.references, labels),
@@ -167,3 +231,8 @@ class Problem:
             "validation": {"loss": validation.loss, **validation.scores},
             **tuned,
         }
+        if validation.calibration is not None:
+            report["calibration"] = {"validation": validation.calibration}
+            if final is not validation:
+                report["calibration"][split] = final.calibration
+        return report

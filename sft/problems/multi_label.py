@@ -27,7 +27,7 @@ from sft.data.targets import (
     refuse_unseen,
 )
 from sft.errors import SftError
-from sft.problems import metrics
+from sft.problems import calibration, metrics
 from sft.problems.base import CardMetric, Loss, Problem
 
 if TYPE_CHECKING:
@@ -173,6 +173,29 @@ class MultiLabel(Problem):
             "num_examples": len(references),
             "per_class": metrics.per_class(labels, precision, recall, f1, support),
             "labels": labels,
+        }
+
+    # -- calibration -------------------------------------------------------------------------
+    calibrates = True
+
+    def probabilities(self, logits) -> np.ndarray:
+        return torch.sigmoid(torch.as_tensor(logits, dtype=torch.float64)).numpy()
+
+    def _nll(self, references, logits) -> torch.Tensor:
+        targets = torch.as_tensor(references, dtype=logits.dtype)
+        return F.binary_cross_entropy_with_logits(logits, targets)
+
+    def _separated(self, evaluation) -> bool:
+        return bool(((np.asarray(evaluation.logits) > 0) == (evaluation.references > 0.5)).all())
+
+    def _calibration_scores(self, logits, references) -> dict:
+        """Of every label's probability against the label being there."""
+        p, truth = self.probabilities(logits), np.asarray(references, dtype=np.float64)
+        return {
+            "ece": calibration.ece(p, truth),
+            "nll": float(self._nll(references, torch.as_tensor(logits, dtype=torch.float64))),
+            "brier": float(((p - truth) ** 2).mean()),
+            "bins": calibration.reliability(p, truth),
         }
 
     # -- what users see ----------------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import torch
 import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
@@ -15,7 +16,7 @@ from sft.config import LossConfig
 from sft.data.columns import column_values
 from sft.data.targets import Encoder, TargetSpec, filled_values, refuse_unseen
 from sft.errors import SftError
-from sft.problems import metrics
+from sft.problems import calibration, metrics
 from sft.problems.base import CardMetric, Loss, Problem
 
 
@@ -104,6 +105,30 @@ class SingleLabel(Problem):
             "per_class": metrics.per_class(labels, precision, recall, f1, support),
             "labels": labels,
             "confusion_matrix": confusion_matrix(references, predictions, labels=ids).tolist(),
+        }
+
+    # -- calibration -------------------------------------------------------------------------
+    calibrates = True
+
+    def probabilities(self, logits) -> np.ndarray:
+        return torch.softmax(torch.as_tensor(logits, dtype=torch.float64), -1).numpy()
+
+    def _nll(self, references, logits) -> torch.Tensor:
+        return F.cross_entropy(logits, torch.as_tensor(references, dtype=torch.long))
+
+    def _separated(self, evaluation) -> bool:
+        return bool((np.asarray(evaluation.logits).argmax(-1) == evaluation.references).all())
+
+    def _calibration_scores(self, logits, references) -> dict:
+        """Of the predicted label's probability (its confidence) against being right."""
+        p = self.probabilities(logits)
+        confidence, correct = p.max(-1), p.argmax(-1) == references
+        truth = np.eye(p.shape[1])[references]
+        return {
+            "ece": calibration.ece(confidence, correct),
+            "nll": float(self._nll(references, torch.as_tensor(logits, dtype=torch.float64))),
+            "brier": float(((p - truth) ** 2).sum(-1).mean()),
+            "bins": calibration.reliability(confidence, correct),
         }
 
     # -- what users see ----------------------------------------------------------------------

@@ -41,6 +41,7 @@ class Parts:
     eval_loader: DataLoader
     problem: Problem
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
+    calibrate: bool = False  # fit a temperature on validation at the end (final_evaluations)
 
 
 def fit(
@@ -221,24 +222,31 @@ def final_evaluations(
     parts: Parts, outcome: Outcome, test_loader: DataLoader | None, progress: bool = False
 ) -> tuple[Evaluation, Evaluation, dict]:
     """Load the best weights into the model; their validation result and the final one (on
-    test when there is a test split, else validation again), both scored with the decision
-    rule tuned on validation (`problem.tune`: multi-label's threshold), which is returned too."""
+    test when there is a test split, else validation again), both calibrated (`parts.calibrate`:
+    a temperature fitted on validation) and scored with the decision rule tuned on validation
+    after that (`problem.tune`: multi-label's threshold); the rule (and the temperature) too."""
     accelerator, model, problem = parts.accelerator, parts.model, parts.problem
+    calibrate = parts.calibrate and problem.calibrates
     validation = outcome.best.evaluation
     if outcome.best.state is not None:
         # Whole weights into the module: it holds whole weights on every process, since
         # make_accelerator refuses sharding plugins.
         accelerator.unwrap_model(model).load_state_dict(outcome.best.state)
-    if validation is None or (problem.tunes and validation.logits is None):
+    if validation is None or ((problem.tunes or calibrate) and validation.logits is None):
         # No finite evaluation (the last weights, as they are), or one read from a checkpoint
         # without the outputs to tune on.
         validation = evaluate(accelerator, model, parts.eval_loader, problem, progress)
-    tuned = problem.tune(validation, outcome.best.metric)
+    tuned: dict = {}
+    if calibrate:
+        validation, tuned["calibration_temperature"] = problem.calibrated(validation)
+    tuned |= problem.tune(validation, outcome.best.metric)
     validation = problem.apply(validation, tuned)
     if test_loader is None:
         return validation, validation, tuned
     test_loader = accelerator.prepare(test_loader)
     final = evaluate(accelerator, model, test_loader, problem, progress)
+    if calibrate:
+        final = problem.scaled(final, tuned["calibration_temperature"])
     return validation, problem.apply(final, tuned), tuned
 
 

@@ -21,6 +21,7 @@ class Evaluation:
     references: np.ndarray
     scores: dict[str, float]  # by problem (sft/problems/): accuracy, f1, mse, ...
     logits: np.ndarray | None = None  # the model's outputs; not kept in checkpoints
+    calibration: dict | None = None  # before/after calibration (sft/problems/calibration.py)
 
 
 @dataclass
