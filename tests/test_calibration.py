@@ -107,3 +107,18 @@ def test_the_saved_model_gives_the_calibrated_scores(tmp_path, noisy_run):
     judged = json.loads((out / "metrics.json").read_text())
     assert judged["loss"] == pytest.approx(test["after"]["nll"], rel=1e-3, abs=1e-6)
     assert judged["accuracy"] == metrics["accuracy"]
+
+
+@pytest.mark.slow
+def test_the_reliability_diagram_and_the_card_show_the_calibration(noisy_run):
+    from sft.publishing.card import model_card
+    from sft.runs.directory import RunDir
+
+    run_dir, _ = noisy_run
+    assert (run_dir / "plots" / "reliability.png").stat().st_size > 10_000
+    card = model_card(RunDir(run_dir), "me/noisy")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    test = metrics["calibration"]["test"]
+    assert "### Calibration" in card
+    assert f"{test['before']['ece']:.4f} → {test['after']['ece']:.4f}" in card
+    assert "![Reliability before and after calibration](plots/reliability.png)" in card

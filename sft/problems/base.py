@@ -201,6 +201,16 @@ class Problem:
         ]
         return ["label", "precision", "recall", "F1", "support"], rows
 
+    def plot_calibration(self, report: dict, out: Path) -> Path | None:
+        """reliability.png for the final split of a calibrated run (its metrics.json)."""
+        calibrated = report.get("calibration", {}).get(report.get("split", ""))
+        if not calibrated:
+            return None
+        from sft.problems import plots  # matplotlib: only when drawing
+
+        title = f"{report['split']} reliability (T = {report['calibration_temperature']:.3g})"
+        return plots.plot_reliability(calibrated, title, out / "reliability.png")
+
     def plot_outcome(self, report: dict, evaluation: Evaluation, title: str, out: Path) -> Path:
         """The plot of `evaluation` (`report`: its metrics.json) in folder `out`, as suits the
         problem (sft/problems/plots.py draws it)."""

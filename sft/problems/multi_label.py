@@ -205,6 +205,7 @@ class MultiLabel(Problem):
     def plot_outcome(self, report, evaluation, title, out) -> Path:
         from sft.problems import plots  # matplotlib: only when drawing
 
+        self.plot_calibration(report, out)  # reliability.png, where the run calibrated
         return plots.plot_per_label(
             report["per_class"], f"{title} scores per label", out / "per_label.png"
         )

@@ -107,6 +107,33 @@ def plot_per_label(per_class: dict[str, dict[str, float]], title: str, path: Pat
     return path
 
 
+def plot_reliability(calibration: dict, title: str, path: Path) -> Path:
+    """Reliability diagram: per confidence bin, how often the model was right against how sure
+    it was, before and after calibration (`calibration`: metrics.json's, for one split); a
+    calibrated model's points lie on the diagonal. Point area: the bin's share."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=1, label="calibrated")
+    for key, marker in (("before", "o--"), ("after", "s-")):
+        bins = calibration[key]["bins"]
+        if not bins:
+            continue
+        confidence, accuracy, count = (np.asarray(v, dtype=float) for v in zip(*bins, strict=True))
+        ece = calibration[key]["ece"]
+        ax.plot(confidence, accuracy, marker, label=f"{key} (ECE {ece:.3f})")
+        ax.scatter(confidence, accuracy, s=400 * count / count.sum(), alpha=0.3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (predicted probability)")
+    ax.set_ylabel("accuracy (observed frequency)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")  # below the diagonal: where few points of a good model lie
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def _finish(ax, title: str, ylabel: str) -> None:
     ax.set_title(title)
     ax.set_xlabel("optimizer step")

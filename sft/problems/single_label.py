@@ -142,6 +142,7 @@ class SingleLabel(Problem):
     def plot_outcome(self, report, evaluation, title, out) -> Path:
         from sft.problems import plots  # matplotlib: only when drawing
 
+        self.plot_calibration(report, out)  # reliability.png, where the run calibrated
         return plots.plot_confusion(
             report["confusion_matrix"],
             report["labels"],

@@ -51,7 +51,11 @@ PLOTS = (
     ("confusion_matrix.png", "Confusion matrix"),
     ("per_label.png", "Precision, recall and F1 per label"),
     ("predicted.png", "Predicted against true values"),
+    ("reliability.png", "Reliability before and after calibration"),
 )
+
+
+CALIBRATION = ("ece", "nll", "brier")  # as sft/problems/calibration.py measures them
 
 
 def is_hub_id(value: str | None) -> bool:
@@ -112,6 +116,7 @@ def model_card(run: RunDir, repo_id: str) -> str:
         f"[sft](https://pypi.org/project/sft-classify/) (`finetune={config.finetune.strategy}`). "
         f"{problem.describes(metrics)}\n",
         _results(problem, metrics),
+        _calibration(metrics),
         _per_label(problem, metrics),
         _plots(run),
         _hyperparameters(config, metrics, problem),
@@ -133,6 +138,21 @@ def _results(problem: problems.Problem, metrics: dict) -> str:
     if metrics["split"] != "validation" and validation:
         rows.append(row("validation (best checkpoint)", "", validation))
     return "## Results\n\n" + _table(["split", "examples", *names], rows)
+
+
+def _calibration(metrics: dict) -> str:
+    if "calibration" not in metrics:
+        return ""
+    rows = [
+        [split, *(f"{scores['before'][k]:.4f} → {scores['after'][k]:.4f}" for k in CALIBRATION)]
+        for split, scores in metrics["calibration"].items()
+    ]
+    temperature = metrics["calibration_temperature"]
+    return (
+        f"### Calibration\n\nThe scores are calibrated: a temperature of {temperature:.4g}, "
+        f"fitted on the validation split, is folded into the output layer (predictions are "
+        f"unchanged).\n\n" + _table(["split", "ECE", "NLL", "Brier"], rows)
+    )
 
 
 def _per_label(problem: problems.Problem, metrics: dict) -> str:
