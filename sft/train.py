@@ -204,7 +204,7 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
             accelerator.end_training()
             raise preempted.stopped(outcome.steps, checkpoints.root)
         validation, final, tuned = loop.final_evaluations(
-            parts, outcome, job.loaders.test, t.progress
+            parts, outcome, job.loaders.test, t.progress, record
         )
     problem.bake_into(accelerator.unwrap_model(job.model), tuned)  # saved with the model
     split = "test" if job.loaders.test is not None else "validation"

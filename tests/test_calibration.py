@@ -107,6 +107,10 @@ def test_the_saved_model_gives_the_calibrated_scores(tmp_path, noisy_run):
     judged = json.loads((out / "metrics.json").read_text())
     assert judged["loss"] == pytest.approx(test["after"]["nll"], rel=1e-3, abs=1e-6)
     assert judged["accuracy"] == metrics["accuracy"]
+    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    row = rows[-1]  # the history's last row says what calibrating did
+    assert row["kind"] == "calibration" and row["temperature"] == temperature
+    assert row["test"]["after"]["ece"] == test["after"]["ece"]
 
 
 @pytest.mark.slow

@@ -219,7 +219,11 @@ class _Run:
 
 
 def final_evaluations(
-    parts: Parts, outcome: Outcome, test_loader: DataLoader | None, progress: bool = False
+    parts: Parts,
+    outcome: Outcome,
+    test_loader: DataLoader | None,
+    progress: bool = False,
+    record: Callable[[dict], None] | None = None,
 ) -> tuple[Evaluation, Evaluation, dict]:
     """Load the best weights into the model; their validation result and the final one (on
     test when there is a test split, else validation again), both calibrated (`parts.calibrate`:
@@ -242,11 +246,16 @@ def final_evaluations(
     tuned |= problem.tune(validation, outcome.best.metric)
     validation = problem.apply(validation, tuned)
     if test_loader is None:
+        if calibrate and record is not None:
+            record(_calibration_row(outcome.steps, tuned, {"validation": validation}))
         return validation, validation, tuned
     test_loader = accelerator.prepare(test_loader)
     final = evaluate(accelerator, model, test_loader, problem, progress)
     if calibrate:
         final = problem.scaled(final, tuned["calibration_temperature"])
+        if record is not None:  # the history's last row: what calibrating did, on each split
+            splits = {"validation": validation, "test": final}
+            record(_calibration_row(outcome.steps, tuned, splits))
     return validation, problem.apply(final, tuned), tuned
 
 
@@ -288,6 +297,23 @@ def logits_of(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     """The model's logits for `batch`. Labels stay out of the forward call: the model would
     compute a loss of its own, by its config's `problem_type`, which our loss replaces."""
     return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+
+def _calibration_row(step: int, tuned: dict, splits: dict[str, Evaluation]) -> dict:
+    """The history's row on calibration: the temperature, and per split ECE, NLL and Brier
+    score before and after (the reliability bins stay in metrics.json)."""
+    return {
+        "kind": "calibration",
+        "step": step,
+        "temperature": tuned["calibration_temperature"],
+        **{
+            split: {
+                when: {k: v for k, v in scores.items() if k != "bins"}
+                for when, scores in evaluation.calibration.items()
+            }
+            for split, evaluation in splits.items()
+        },
+    }
 
 
 def _train_row(accelerator, p: Progress, scheduler, examples_per_s) -> dict:
