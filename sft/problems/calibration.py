@@ -30,15 +30,9 @@ def fit_temperature(logits: np.ndarray, nll) -> float:
 def ece(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -> float:
     """Expected calibration error: per equal-width confidence bin, |accuracy - confidence|,
     weighted by the bin's share of the predictions."""
-    confidence, correct = np.ravel(confidence), np.ravel(correct).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        chosen = which == b
-        if chosen.any():
-            total += chosen.mean() * abs(correct[chosen].mean() - confidence[chosen].mean())
-    return float(total)
+    points = reliability(confidence, correct, bins)
+    total = sum(count for _, _, count in points)
+    return float(sum(count / total * abs(acc - conf) for conf, acc, count in points))
 
 
 def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS):

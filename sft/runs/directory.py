@@ -51,6 +51,7 @@ class RunDir:
         self.checkpoints = self.root / "checkpoints"
         self.evaluations = self.root / "evaluations"
         self.onnx = self.root / "onnx"
+        self._lock: Any = None  # the open lock file, while this process holds the directory
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -118,7 +119,7 @@ class RunDir:
         removed, so that none can pass for this run's; the history too, unless this run
         resumes it."""
         self.root.mkdir(parents=True, exist_ok=True)
-        if getattr(self, "_lock", None) is not None:
+        if self._lock is not None:
             self._lock.truncate(0)
             self._lock.write(f"pid {os.getpid()}\n")
             self._lock.flush()

@@ -245,18 +245,16 @@ def final_evaluations(
         validation, tuned["calibration_temperature"] = problem.calibrated(validation)
     tuned |= problem.tune(validation, outcome.best.metric)
     validation = problem.apply(validation, tuned)
-    if test_loader is None:
-        if calibrate and record is not None:
-            record(_calibration_row(outcome.steps, tuned, {"validation": validation}))
-        return validation, validation, tuned
-    test_loader = accelerator.prepare(test_loader)
-    final = evaluate(accelerator, model, test_loader, problem, progress)
-    if calibrate:
-        final = problem.scaled(final, tuned["calibration_temperature"])
-        if record is not None:  # the history's last row: what calibrating did, on each split
-            splits = {"validation": validation, "test": final}
-            record(_calibration_row(outcome.steps, tuned, splits))
-    return validation, problem.apply(final, tuned), tuned
+    splits = {"validation": validation}
+    if test_loader is not None:
+        test_loader = accelerator.prepare(test_loader)
+        final = evaluate(accelerator, model, test_loader, problem, progress)
+        if calibrate:
+            final = problem.scaled(final, tuned["calibration_temperature"])
+        splits["test"] = problem.apply(final, tuned)
+    if calibrate and record is not None:  # the history's last row: what calibrating did
+        record(_calibration_row(outcome.steps, tuned, splits))
+    return validation, splits.get("test", validation), tuned
 
 
 @torch.inference_mode()  # no autograd bookkeeping at all: ~4% quicker than no_grad on CPU
