@@ -11,7 +11,7 @@ IMAGE_RECIPE ?= vit_fashion_mnist
 
 .PHONY: install lock train test test-fast lint format bench bench-images clean data-images train-images \
 	train-images-small data-speech train-speech train-speech-small speech-tools bench-speech bench-compare \
-	bench-startup bench-gpu bench-precision data-tags train-tags data-tweets train-tweets
+	bench-startup bench-gpu bench-precision browser data-tags train-tags data-tweets train-tweets
 
 install: $(STAMP)
 
@@ -71,6 +71,11 @@ speech-tools:  ## espeak-ng from Debian, when missing (needs root; without it, i
 	@command -v espeak-ng >/dev/null || { apt-get update -qq && apt-get install -y -qq espeak-ng; } \
 	  || echo "espeak-ng could not be installed: install it as root to synthesise spoken digits"
 
+# The tests of report.html open it in a real browser: Debian's chromium, headless.
+browser:  ## chromium from Debian, when missing (needs root; without it, the browser tests skip)
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; } \
+	  || echo "chromium could not be installed: install it as root to test report.html in a browser"
+
 data/spoken_digits/.done: speech-tools | install
 	$(BIN)/python -m sft.prepare spoken-digits --out data/spoken_digits
 	touch $@
@@ -126,7 +131,7 @@ train-tweets: data/trump_tweets/.done  ## MiniLM dates tweets from their text (r
 # measured before the suite was reorganised, issue 23): a faster suite may not test less.
 COVERAGE_FLOOR ?= 95.8  # 4,005 of 4,180 lines, measured on 0e0c246 (2026-12-06)
 PYTEST_WORKERS ?= 2
-test: install speech-tools  ## the whole suite, slow end-to-end tests included (~10 min)
+test: install speech-tools browser  ## the whole suite, slow end-to-end tests included (~10 min)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=25 \
 	  --cov=sft --cov-report=term:skip-covered --cov-fail-under=$(COVERAGE_FLOOR) $(ARGS)
 

@@ -26,6 +26,22 @@ def parser(module: str, description: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=f"python -m {module}", description=description)
 
 
+def data_overrides(args: list[str]) -> tuple[list[str], str | None]:
+    """sft.evaluate's and sft.report's trailing arguments: data.<key>=<value> overrides (each
+    a key of the config schema), then at most one split name."""
+    from sft import config as schema
+
+    overrides = [a for a in args if "=" in a]
+    splits = [a for a in args if "=" not in a]
+    if len(splits) > 1:
+        raise SftError(f"one split at most, got {splits}")
+    keys = set(schema.schema_keys())
+    for key in (o.split("=", 1)[0] for o in overrides):
+        if key.lstrip("+~") not in keys:
+            raise SftError(schema.not_a_key(key))
+    return overrides, splits[0] if splits else None
+
+
 def start_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 

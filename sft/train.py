@@ -93,7 +93,9 @@ def build(cfg: schema.Config, accelerator, problem) -> Job:
     modality = modalities.get(cfg.task)
     check_checkpoint(cfg.model.checkpoint, cfg.model.revision, modality, cfg.data.max_length)
     with accelerator.main_process_first():  # rank 0 fills the datasets cache, the rest reuse it
-        splits, inputs = load_data(modality, cfg.model, cfg.data, cfg.augment, cfg.seed, problem)
+        raw, splits, inputs = load_data(
+            modality, cfg.model, cfg.data, cfg.augment, cfg.seed, problem
+        )
     log.info("data: %s", ", ".join(f"{name} {len(ds)}" for name, ds in splits.items()))
     log.info("labels (%d): %s", len(splits.labels), splits.labels)
     model = load_classifier(
@@ -131,7 +133,8 @@ def build(cfg: schema.Config, accelerator, problem) -> Job:
     summary = optim.describe(groups)  # as training starts: after gradual's first freeze
     table = optim.format_table(summary)
     log.info("parameter groups (finetune=%s):\n%s", cfg.finetune.strategy, table)
-    return Job(splits, inputs, model, summary, optimizer, data, cache, unfreezer, problem)
+    return Job(modality, raw, splits, inputs, model, summary, optimizer, data, cache, unfreezer,
+               problem)  # fmt: skip
 
 
 def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, resume_from):
@@ -221,20 +224,17 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
 
 
 def finish(cfg: schema.Config, out: RunDir, job: Job, model, weights: dict, result: dict, final):
-    """Rank 0: the model (`weights`, gathered by Accelerate), plots (`final`: the evaluation
-    `result` scores) and metrics; the push."""
-    from sft.problems import plots, summary
+    """Rank 0: the model (`weights`, gathered by Accelerate), plots and report.html (`final`:
+    the evaluation `result` scores) and metrics; the push."""
+    from sft.problems import summary
+    from sft.reporting.page import draw_run
     from sft.training.finetune import save_model
 
     def save(directory: Path) -> None:
         save_model(model, weights, cfg.finetune, directory)
         job.inputs.processor.save_pretrained(directory)
 
-    def draw(directory: Path) -> None:
-        plots.plot_curves(out.read_history(), directory)
-        job.problem.plot_outcome(result, final, result["split"], directory)
-
-    out.write_results(save, result, draw)
+    out.write_results(save, result, lambda: draw_run(out, result, final, job))
     log.info("%s; run directory: %s", summary(result), out.root)
     if cfg.push_to_hub:
         from sft.publishing.hub import push_finished

@@ -82,6 +82,7 @@ def test_sdist_and_wheel_carry_every_config_group_and_recipe(built):
     for module in ROOT.glob("sft/**/*.py"):  # pyproject lists the packages: none forgotten
         assert module.relative_to(ROOT).as_posix() in in_wheel
     assert "hydra_plugins/sft_launcher/accelerate_launcher.py" in in_wheel
+    assert "sft/reporting/report.html.j2" in in_wheel  # report.html's template
 
 
 def test_installed_wheel_trains_from_an_empty_directory(
@@ -104,6 +105,7 @@ def test_installed_wheel_trains_from_an_empty_directory(
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
         assert metrics["steps"] == 2
         assert (tmp_path / name / "model" / "config.json").is_file()
+        assert "Most confident mistakes" in (tmp_path / name / "report.html").read_text()
 
 
 def test_user_recipe_and_config_option_from_their_own_directory(tmp_path, venv):

@@ -17,6 +17,7 @@ from PIL import Image
 
 from sft.problems import PROBLEMS
 from tests.conftest import run_cli
+from tests.helpers.browser import needs_chromium, render
 from tests.test_audio import tiny_wav2vec2  # noqa: F401 (fixture)
 from tests.test_image import tiny_vit  # noqa: F401 (fixture)
 
@@ -49,7 +50,8 @@ def tagged_pictures(tmp_path_factory):
             pixels = np.clip(pixels * light + rng.integers(-10, 10, pixels.shape), 0, 255)
             name = f"img/{split}{i}.png"
             Image.fromarray(pixels.astype("uint8"), "RGB").save(root / name)
-            rows.append({"image": name, "tags": tags, "score": float(pixels.mean() / 255)})
+            score = float(pixels.mean() / 255)
+            rows.append({"image": name, "tags": tags, "colour": tags[0], "score": score})
         (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
@@ -70,7 +72,7 @@ def tagged_clips(tmp_path_factory):
             wave = amplitude * wave + 0.01 * rng.standard_normal(len(t))
             name = f"wav/{split}{i}.wav"
             soundfile.write(root / name, wave.astype(np.float32), rate)
-            rows.append({"audio": name, "tags": tags, "score": float(amplitude)})
+            rows.append({"audio": name, "tags": tags, "tone": tags[0], "score": float(amplitude)})
         (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
@@ -78,6 +80,11 @@ def tagged_clips(tmp_path_factory):
 RUNS = {  # recipe, model and data fixtures, the input column, the pipeline's task
     "image": ("vit_fashion_mnist", "tiny_vit", "tagged_pictures", "image", "image-classification"),
     "speech": ("wav2vec2_digits", "tiny_wav2vec2", "tagged_clips", "audio", "audio-classification"),
+}
+TARGETS = {  # the label column of each problem, by modality
+    "single_label": {"image": "colour", "speech": "tone"},
+    "multi_label": {"image": "tags", "speech": "tags"},
+    "regression": {"image": "score", "speech": "score"},
 }
 
 
@@ -103,7 +110,7 @@ def finished(request, tmp_path_factory):
             recipe, checkpoint, data, _, _ = RUNS[modality]
             checkpoint, data = request.getfixturevalue(checkpoint), request.getfixturevalue(data)
             base = tmp_path_factory.mktemp(f"{modality}-{problem}")
-            column = "data.label_column=" + ("tags" if problem == "multi_label" else "score")
+            column = f"data.label_column={TARGETS[problem][modality]}"
             result = run_cli(
                 f"recipe={recipe}",
                 f"model.checkpoint={checkpoint}",
@@ -189,3 +196,57 @@ def test_the_saved_model_answers_pipeline_and_sft_predict(
         assert sorted(row["labels"]) == sorted(k for k, s in by_label.items() if s > threshold)
     else:
         assert row["score"] == pytest.approx(by_label["score"], rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "modality, problem, finetune",
+    [
+        ("image", "single_label", "full"),
+        ("image", "multi_label", "full"),
+        ("image", "regression", "head_only"),
+        ("speech", "single_label", "full"),
+        ("speech", "multi_label", "full"),
+        ("speech", "regression", "full"),
+    ],
+)
+@needs_chromium
+def test_report_pages_show_the_examples_in_chromium(
+    tmp_path, finished, modality, problem, finetune
+):
+    """The page each run writes renders whole; `sft.report` on the test examples with every
+    target made wrong lists them as mistakes, each with its picture shown or its clip playable."""
+    run_dir, data = finished(modality, problem, finetune)
+    shown = render(run_dir / "report.html", tmp_path / "browser")
+    assert shown["sections"][0] == "scores" and shown["sections"][-1] == "mistakes"
+    assert shown["images"] and all(i["decoded"] and i["shown"] for i in shown["images"])
+
+    _, _, _, column, _ = RUNS[modality]
+    target = TARGETS[problem][modality]
+    names = sorted(COLOURS if modality == "image" else TONES)
+    rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    with (wrong / "test.jsonl").open("w") as out:
+        for row in rows:
+            value = row[target]
+            if problem == "single_label":  # the next name along
+                value = names[(names.index(value) + 1) % len(names)]
+            elif problem == "multi_label":  # the names it lacks, or one where it has them all
+                value = [n for n in names if n not in value] or names[:1]
+            else:
+                value = value + 10.0
+            out.write(json.dumps({column: str(data / row[column]), target: value}) + "\n")
+    result = run_cli(str(run_dir), f"data.path={wrong}", "--output-dir", str(tmp_path / "out"),
+                     "--no-progress", cwd=tmp_path, module="sft.report")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    shown = render(tmp_path / "out" / "report.html", tmp_path / "browser")
+    assert 0 < len(shown["mistakes"]) <= len(rows)
+    if problem == "regression":  # every example, the largest residual (> 9) first
+        assert len(shown["mistakes"]) == len(rows) and float(shown["mistakes"][0][-1]) > 9
+    pictures = [i for i in shown["images"] if i["inMistakes"]]
+    assert all(i["decoded"] for i in shown["images"])
+    if modality == "image":
+        assert len(pictures) == len(shown["mistakes"]) and all(i["shown"] for i in pictures)
+    else:
+        assert not pictures and len(shown["clips"]) == len(shown["mistakes"])
+        assert all(c["error"] is None and c["duration"] > 0.3 for c in shown["clips"])

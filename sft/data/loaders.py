@@ -26,6 +26,12 @@ INDEX = (
 )
 
 
+class Data(NamedTuple):
+    raw: Splits  # as read, with targets: what the report shows of an example (sft/reporting)
+    encoded: Splits  # what the loaders batch
+    inputs: Inputs  # how they batch it
+
+
 def load_data(
     modality: Modality,
     model: ModelConfig,
@@ -33,9 +39,9 @@ def load_data(
     augment: AugmentConfig,
     seed: int,
     problem: Problem,
-) -> tuple[Splits, Inputs]:
-    """The checked, encoded splits of `data`, with targets for `problem`, and the `Inputs` that
-    batch them."""
+) -> Data:
+    """The checked splits of `data`, with targets for `problem`, as read and encoded, and the
+    `Inputs` that batch them."""
     inputs = modality.inputs(model.checkpoint, model.revision, data, augment)
     raw = load_raw_data(modality, data)
     splits = build_splits(
@@ -53,7 +59,7 @@ def load_data(
         label_columns=data.label_columns or (),
         label_separator=data.label_separator,
     )
-    return inputs.encode(splits), inputs
+    return Data(splits, inputs.encode(splits), inputs)
 
 
 def load_raw_data(modality: Modality, data: DataConfig) -> datasets.DatasetDict:
@@ -116,15 +122,23 @@ def eval_loader(ds, inputs: Inputs, batch_size: int, num_workers: int = 0) -> Da
     """Batches of `ds`, never augmented; longest examples first where lengths differ (batches
     of similar length pad less, and a batch too big for memory fails at once). Predictions
     and references come out in that order, together."""
-    lengths = inputs.lengths(ds)
-    order = None if lengths is None else sorted(range(len(ds)), key=lambda i: -lengths[i])
     return DataLoader(
         ds,
         batch_size=batch_size,
-        sampler=order,
+        sampler=eval_order(ds, inputs),
         collate_fn=keyed(inputs.collator(train=False)),
         num_workers=num_workers,
     )
+
+
+def eval_order(ds, inputs: Inputs) -> list[int]:
+    """The order `eval_loader` reads `ds` in, and so the order of an evaluation's outputs: row
+    i of `loop.evaluate`'s predictions is example `eval_order(ds, inputs)[i]` (several
+    processes too: Accelerate deals whole batches out in turn and gathers them back in turn)."""
+    lengths = inputs.lengths(ds)
+    if lengths is None:
+        return list(range(len(ds)))
+    return sorted(range(len(ds)), key=lambda i: -lengths[i])
 
 
 def balanced_sampler(labels, generator: torch.Generator) -> torch.utils.data.Sampler:

@@ -9,9 +9,10 @@ means adding a module and a line to `TASKS`.
 
 from __future__ import annotations
 
+import base64
 import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from sft.errors import SftError, from_checkpoint
 
@@ -59,6 +60,18 @@ class Inputs(Protocol):
         return None
 
 
+class Preview(NamedTuple):
+    """An example as the error-analysis report shows it (sft/reporting)."""
+
+    kind: str  # text | image | audio
+    content: str  # the excerpt, or a data: URI of the thumbnail or the clip
+
+
+def data_uri(data: bytes, mime: str) -> str:
+    """`data` inline in a page: the report is one file that needs no network."""
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
 class Modality(Protocol):
     name: str  # text | image | audio: also the kind of file a class folder holds (data.sources)
     task: str  # its pipeline task name: its key in TASKS
@@ -97,6 +110,11 @@ class Modality(Protocol):
     def sample(self, processor: Any, n: int) -> dict[str, torch.Tensor]:
         """A batch of `n` synthetic inputs for `export` to trace and check with; batches of
         different `n` also differ in length where lengths can vary."""
+        ...
+
+    def preview(self, value: Any) -> Preview:
+        """One raw example (its input column's value) as a person looks at it: an excerpt, a
+        thumbnail or a short clip, small enough that fifty fit in one page."""
         ...
 
 

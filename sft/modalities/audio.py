@@ -23,7 +23,7 @@ from sft.config import AugmentConfig, DataConfig
 from sft.data.columns import column_values, iter_column
 from sft.data.splits import LABELS, Splits
 from sft.errors import SftError
-from sft.modalities import Inputs, load_processor
+from sft.modalities import Inputs, Preview, data_uri, load_processor
 
 DURATION = "duration"  # seconds; added by `encode`, read by `lengths`
 
@@ -261,6 +261,16 @@ class AudioModality:
             clips, sampling_rate=rate, padding=padding(processor), return_tensors="pt"
         )
         return dict(features)
+
+    def preview(self, value: Any, seconds: float = 5.0, rate: int = 16000) -> Preview:
+        """The clip's first `seconds`, mono 16-bit WAV at `rate` Hz: speech stays clear, and
+        fifty clips stay a few megabytes."""
+        if isinstance(value, str):
+            value = {"path": value, "bytes": None}
+        samples = load_audio(value, rate)[: int(seconds * rate)]
+        buffer = io.BytesIO()
+        soundfile.write(buffer, samples, rate, format="WAV", subtype="PCM_16")
+        return Preview("audio", data_uri(buffer.getvalue(), "audio/wav"))
 
 
 MODALITY = AudioModality()

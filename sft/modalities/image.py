@@ -21,7 +21,7 @@ from sft.config import AugmentConfig, DataConfig
 from sft.data.columns import iter_column
 from sft.data.splits import LABELS, Splits
 from sft.errors import SftError
-from sft.modalities import Inputs, load_config, load_processor
+from sft.modalities import Inputs, Preview, data_uri, load_config, load_processor
 
 
 class ImageInputs(Inputs):
@@ -211,6 +211,17 @@ class ImageModality:
             Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)) for _ in range(n)
         ]
         return dict(processor(images, return_tensors="pt"))
+
+    def preview(self, value: Any, size: int = 160) -> Preview:
+        """A PNG thumbnail, at most `size` pixels a side (the page scales small ones up)."""
+        if isinstance(value, str):
+            value = {"path": value, "bytes": None}
+        image = open_image(value, "the report")
+        image = image.convert("L" if image.mode in ("1", "L", "I;16", "I") else "RGB")
+        image.thumbnail((size, size))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return Preview("image", data_uri(buffer.getvalue(), "image/png"))
 
 
 MODALITY = ImageModality()

@@ -19,7 +19,7 @@ from transformers import (
 from sft.config import AugmentConfig, DataConfig
 from sft.data.splits import LABELS, Splits
 from sft.errors import SftError
-from sft.modalities import TEXT, Inputs, load_processor
+from sft.modalities import TEXT, Inputs, Preview, load_processor
 
 
 class TextInputs(Inputs):
@@ -102,6 +102,10 @@ class TextModality:
     def sample(self, processor, n: int) -> dict[str, torch.Tensor]:
         texts = [" ".join(["example"] * (3 + 4 * i)) for i in range(n)]
         return dict(processor(texts, padding=True, return_tensors="pt"))
+
+    def preview(self, value: Any, chars: int = 400) -> Preview:
+        text = " ".join(str(value).split())
+        return Preview("text", text if len(text) <= chars else text[:chars].rstrip() + " …")
 
 
 MODALITY = TextModality()

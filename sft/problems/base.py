@@ -39,6 +39,15 @@ class CardMetric(NamedTuple):
     args: dict | None = None
 
 
+class Mistake(NamedTuple):
+    """One wrong prediction, as the error-analysis report lists it (sft/reporting)."""
+
+    row: int  # its row in the evaluation's outputs
+    truth: str
+    predicted: str
+    score: float  # how wrong, by the problem's `mistake_score`: the list is sorted by it
+
+
 class Problem:
     name: str
     problem_type: str  # transformers' `config.problem_type`: pipelines score by it
@@ -200,6 +209,20 @@ class Problem:
             for n, c in results["per_class"].items()
         ]
         return ["label", "precision", "recall", "F1", "support"], rows
+
+    # -- the error-analysis report (sft/reporting) -------------------------------------------
+    mistakes_title = "Most confident mistakes"
+    mistake_score = "probability"  # what `Mistake.score` is, as the report's column says
+
+    def mistakes(self, evaluation: Evaluation, labels: list[str]) -> list[Mistake]:
+        """Every wrong prediction of `evaluation`, the most confident (or largest) first."""
+        raise NotImplementedError
+
+    def worst_first(self, report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+        """The report's per-label table (header, rows) from metrics.json, worst label first."""
+        header, rows = self.per_label_table(report)
+        f1 = header.index("F1")
+        return header, sorted(rows, key=lambda row: float(row[f1]))
 
     def plot_calibration(self, report: dict, out: Path) -> Path | None:
         """reliability.png for the final split of a calibrated run (its metrics.json)."""

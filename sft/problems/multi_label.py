@@ -28,7 +28,7 @@ from sft.data.targets import (
 )
 from sft.errors import SftError
 from sft.problems import calibration, metrics
-from sft.problems.base import CardMetric, Loss, Problem
+from sft.problems.base import CardMetric, Loss, Mistake, Problem
 
 if TYPE_CHECKING:
     from sft.training.state import Evaluation
@@ -201,6 +201,23 @@ class MultiLabel(Problem):
     # -- what users see ----------------------------------------------------------------------
     def kind(self, task_kind: str) -> str:
         return f"multi-label {task_kind}"
+
+    def mistakes(self, evaluation, labels) -> list[Mistake]:
+        """Examples with any label decided wrongly, by the model's confidence in its surest
+        wrong decision: p for a label given that is not there, 1 - p for one missed."""
+        p = self.probabilities(evaluation.logits)
+        truth, given = evaluation.references > 0.5, evaluation.predictions > 0
+        confidence = np.where(given, p, 1 - p)  # in each yes/no decision
+        wrong = np.where(truth != given, confidence, -1.0).max(-1)
+
+        def names(row: np.ndarray) -> str:
+            return ", ".join(labels[j] for j in np.flatnonzero(row)) or "(none)"
+
+        found = [
+            Mistake(int(i), names(truth[i]), names(given[i]), float(wrong[i]))
+            for i in np.flatnonzero(wrong >= 0)
+        ]
+        return sorted(found, key=lambda m: -m.score)
 
     def plot_outcome(self, report, evaluation, title, out) -> Path:
         from sft.problems import plots  # matplotlib: only when drawing

@@ -17,7 +17,7 @@ from sft.config import LossConfig
 from sft.data.targets import Encoder, TargetSpec, filled_values
 from sft.errors import SftError
 from sft.problems import metrics
-from sft.problems.base import CardMetric, Loss, Problem
+from sft.problems.base import CardMetric, Loss, Mistake, Problem
 from sft.problems.head import output_layer
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,34 @@ class Regression(Problem):
 
     def kind(self, task_kind: str) -> str:
         return task_kind.replace("classification", "regression")
+
+    mistakes_title, mistake_score = "Largest residuals", "|residual|"
+
+    def mistakes(self, evaluation, labels) -> list[Mistake]:
+        """Every example, by its largest residual (several targets: each in units of that
+        target's spread over the split, so no target dominates by its scale)."""
+        n = len(evaluation.references)
+        truth = np.asarray(evaluation.references, dtype=np.float64).reshape(n, -1)
+        predicted = np.asarray(evaluation.predictions, dtype=np.float64).reshape(n, -1)
+        residual = np.abs(predicted - truth)
+        if truth.shape[1] > 1:
+            spread = truth.std(0)
+            residual = residual / np.where(spread > 0, spread, 1.0)
+
+        def values(row: np.ndarray) -> str:
+            if len(row) == 1:
+                return f"{row[0]:.4g}"
+            return ", ".join(f"{name} {v:.4g}" for name, v in zip(labels, row, strict=True))
+
+        found = [
+            Mistake(i, values(truth[i]), values(predicted[i]), float(residual[i].max()))
+            for i in range(len(truth))
+        ]
+        return sorted(found, key=lambda m: -m.score)
+
+    def worst_first(self, results) -> tuple[list[str], list[list[str]]]:
+        header, rows = self.per_label_table(results)
+        return header, sorted(rows, key=lambda row: float(row[header.index("R²")]))
 
     def per_label_table(self, results) -> tuple[list[str], list[list[str]]]:
         keys = ("mse", "mae", "r2", "pearson")

@@ -17,7 +17,7 @@ from sft.data.columns import column_values
 from sft.data.targets import Encoder, TargetSpec, filled_values, refuse_unseen
 from sft.errors import SftError
 from sft.problems import calibration, metrics
-from sft.problems.base import CardMetric, Loss, Problem
+from sft.problems.base import CardMetric, Loss, Mistake, Problem
 
 
 class SingleLabel(Problem):
@@ -138,6 +138,29 @@ class SingleLabel(Problem):
 
     def describes(self, results) -> str:
         return f"{len(results['labels'])} labels: {', '.join(results['labels'])}."
+
+    def mistakes(self, evaluation, labels) -> list[Mistake]:
+        """Wrong predictions by the probability the model gave its (wrong) label."""
+        p = self.probabilities(evaluation.logits)
+        wrong = np.flatnonzero(evaluation.predictions != evaluation.references)
+        found = [
+            Mistake(int(i), labels[evaluation.references[i]], labels[predicted], p[i, predicted])
+            for i in wrong
+            for predicted in [int(evaluation.predictions[i])]
+        ]
+        return sorted(found, key=lambda m: -m.score)
+
+    def worst_first(self, report) -> tuple[list[str], list[list[str]]]:
+        """Per class, worst F1 first, with the label its examples were most often taken for."""
+        header, rows = super().worst_first(report)
+        counts = np.asarray(report["confusion_matrix"])
+        np.fill_diagonal(counts, 0)
+        index = {name: i for i, name in enumerate(report["labels"])}
+        for row in rows:
+            confused = counts[index[row[0]]]
+            j = int(confused.argmax())
+            row.append(f"{report['labels'][j]} ({confused[j]})" if confused[j] else "")
+        return [*header, "most confused with"], rows
 
     def plot_outcome(self, report, evaluation, title, out) -> Path:
         from sft.problems import plots  # matplotlib: only when drawing

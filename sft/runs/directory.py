@@ -6,9 +6,11 @@ Every module that reads or writes a run's files asks `RunDir` where they are.
 <run>/param_groups.json  what trained, at which learning rate
 <run>/model/          Hugging Face format: safetensors, config with id2label, tokenizer
 <run>/metrics.json    final evaluation (written last: its presence means the run finished)
-<run>/plots/          loss.png, accuracy.png, confusion_matrix.png
+<run>/plots/          loss.png, accuracy.png, confusion_matrix.png, reliability.png
+<run>/report.html     the error-analysis page (sft/reporting/page.py)
 <run>/checkpoints/    the latest training checkpoints (sft/training/checkpoint.py)
-<run>/evaluations/<data>-<split>/  metrics.json and confusion_matrix.png of `sft.evaluate`
+<run>/evaluations/<data>-<split>/  metrics.json, confusion_matrix.png, report.html of
+                      `sft.evaluate` and `sft.report` on other data
 <run>/onnx/           model.onnx, its config, processor and export.json (`sft.export`)
 <run>/train.log       the run's log  ·  <run>/.hydra/  the composed config, Hydra's, the overrides
 <run>/.lock           the process that holds the directory
@@ -48,6 +50,7 @@ class RunDir:
         self.model = self.root / "model"
         self.metrics = self.root / "metrics.json"
         self.plots = self.root / "plots"
+        self.report = self.root / "report.html"
         self.checkpoints = self.root / "checkpoints"
         self.evaluations = self.root / "evaluations"
         self.onnx = self.root / "onnx"
@@ -131,6 +134,7 @@ class RunDir:
         self.metrics.unlink(missing_ok=True)
         shutil.rmtree(self.model, ignore_errors=True)
         shutil.rmtree(self.plots, ignore_errors=True)
+        self.report.unlink(missing_ok=True)
         if not resumed:
             self.history.unlink(missing_ok=True)
 
@@ -178,18 +182,17 @@ class RunDir:
         self,
         save_model: Callable[[Path], None],
         result: dict[str, Any],
-        draw: Callable[[Path], Any],
+        draw: Callable[[], Any],
     ) -> None:
-        """model/ (`save_model(directory)` writes it), plots/ (`draw(directory)` draws them)
-        and metrics.json, each written
-        under a staging name first: model/ and then metrics.json (whose presence says the run
+        """model/ (`save_model(directory)` writes it), plots/ and report.html (`draw()` draws
+        them) and metrics.json, each written under a staging name first: model/ and then metrics.json (whose presence says the run
         completed) appear only once everything is on disk, so a full disk leaves neither."""
         model = self.root / "model.partial"
         metrics = self.metrics.with_suffix(".partial")
         try:
             shutil.rmtree(model, ignore_errors=True)
             save_model(model)
-            draw(self.plots)
+            draw()
             write_json(metrics, result)
             shutil.rmtree(self.model, ignore_errors=True)
             model.rename(self.model)

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
     from sft.data.loaders import Loaders
     from sft.data.splits import Splits
-    from sft.modalities import Inputs
+    from sft.modalities import Inputs, Modality
     from sft.problems import Problem
     from sft.training.feature_cache import FeatureCache
     from sft.training.finetune import GradualUnfreezing
@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class Job:
-    splits: Splits
+    modality: Modality
+    raw: Splits  # as read: what the report shows of an example
+    splits: Splits  # encoded: what the loaders batch
     inputs: Inputs
     model: torch.nn.Module  # prepared by Accelerate (wrapped for DDP on several processes)
     param_groups: dict  # optim.describe's summary, for param_groups.json and the log
