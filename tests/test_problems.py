@@ -35,6 +35,7 @@ from sft.data.splits import LABELS, build_splits
 from sft.errors import SftError
 from sft.problems import PROBLEMS
 from tests.conftest import CLASS_WORDS, make_rows, run_cli
+from tests.helpers.browser import table_rows
 
 
 def tagged_rows(n: int, seed: int) -> list[dict]:
@@ -618,3 +619,13 @@ def test_two_processes_score_each_example_once(tmp_path, tiny_checkpoint, tagged
         assert scale["mean"] == pytest.approx(train.mean(0)) and scale["std"] == pytest.approx(
             train.std(0), rel=1e-5
         )
+    # Row i of the gathered outputs is example eval_order[i] (ragged batches, dealt out to the
+    # two processes in turn): report.html pairs each text with its own target.
+    truth = {r["text"]: r for r in tagged_rows(6, seed=2)}
+    rows = table_rows(run_dir / "report.html", "mistakes")
+    assert rows or problem == "multi_label"  # regression lists every example
+    for _, text, true, _, _ in rows:
+        if problem == "regression":
+            assert float(true) == pytest.approx(truth[text]["score"], rel=1e-3)
+        else:
+            assert true.split(", ") == truth[text]["tags"]

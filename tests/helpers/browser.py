@@ -82,3 +82,37 @@ def _unescape(text: str) -> str:
     return (
         text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&amp;", "&")
     )
+
+
+def table_rows(page: Path, css_class: str) -> list[list[str]]:
+    """The cells' text of each body row of the page's <table class=css_class>, read from the
+    HTML itself (no browser): what a test compares with the data."""
+    from html.parser import HTMLParser
+
+    class Rows(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.inside, self.cell = [], False, None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table":
+                self.inside = css_class in (dict(attrs).get("class") or "").split()
+            elif self.inside and tag == "tr":
+                self.rows.append([])
+            elif self.inside and tag == "td":
+                self.cell = []
+
+        def handle_endtag(self, tag):
+            if tag == "table":
+                self.inside = False
+            elif tag == "td" and self.cell is not None:
+                self.rows[-1].append(" ".join("".join(self.cell).split()))
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell.append(data)
+
+    parser = Rows()
+    parser.feed(page.read_text())
+    return [row for row in parser.rows if row]  # the header row has <th> cells only
