@@ -1,6 +1,7 @@
 """Calibrated probabilities (sft/problems/calibration.py): the temperature fitted on validation
 undoes a known over-confidence, lowers ECE and NLL without changing any prediction, and is
-folded into the saved output layer, so the saved model itself gives the calibrated scores."""
+folded into the saved output layer, so the saved model itself gives the calibrated scores.
+Regression's counterpart: split-conformal intervals from the validation residuals."""
 
 from __future__ import annotations
 
@@ -52,6 +53,39 @@ def test_multi_label_calibration_lowers_nll_and_keeps_every_ranking():
     assert temperature == pytest.approx(2.5, rel=0.1)
     assert calibrated.calibration["after"]["nll"] < calibrated.calibration["before"]["nll"]
     assert (np.argsort(calibrated.logits, 1) == np.argsort(z, 1)).all()
+
+
+def test_regression_interval_is_the_conformal_quantile_of_validation_residuals():
+    regression = PROBLEMS["regression"]
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=(999, 2))
+    noise = rng.normal(size=(999, 2)) * [1.0, 3.0]
+    tuned = regression.interval(Evaluation(0.0, truth + noise, truth, {}))
+    assert tuned["interval_coverage"] == 0.9
+    # (999 + 1) * 0.9 = 900: the 900th smallest |residual| of each target
+    expected = np.sort(np.abs(noise), axis=0)[899]
+    assert tuned["interval_half_width"] == pytest.approx(expected.tolist())
+    assert expected[1] / expected[0] == pytest.approx(3.0, rel=0.15)  # ~1.645 sigma each
+
+    # On new examples of the same kind the interval holds about 90% of the targets.
+    fresh_truth = rng.normal(size=(5000, 2))
+    fresh = Evaluation(0.0, fresh_truth + rng.normal(size=(5000, 2)) * [1.0, 3.0], fresh_truth, {})
+    report = regression.final_report(fresh, fresh, ["a", "b"], "test", tuned)
+    assert report["interval_covered"] == pytest.approx(0.9, abs=0.015)
+    assert "90% interval, ± " in regression.describes(report)
+
+    from types import SimpleNamespace
+
+    Config = SimpleNamespace(id2label={0: "a", 1: "b"}, **tuned)
+    row = regression.prediction([{"label": "a", "score": 1.0}, {"label": "b", "score": 2.0}],
+                                Config, 1)  # fmt: skip
+    assert row["b_low"] == pytest.approx(2.0 - expected[1])
+    assert row["a_high"] == pytest.approx(1.0 + expected[0])
+
+
+def test_too_few_validation_examples_give_no_interval():
+    evaluation = Evaluation(0.0, np.zeros((8, 1)), np.ones((8, 1)), {})
+    assert PROBLEMS["regression"].interval(evaluation) == {}  # 9 * 0.9 = 8.1: the 9th of 8
 
 
 def test_ece_of_known_bins():

@@ -111,12 +111,17 @@ def finished(request, tmp_path_factory):
             checkpoint, data = request.getfixturevalue(checkpoint), request.getfixturevalue(data)
             base = tmp_path_factory.mktemp(f"{modality}-{problem}")
             column = f"data.label_column={TARGETS[problem][modality]}"
+            # Regression: validation examples enough (>= 9) for a 90% prediction interval.
+            held_out = (
+                "data.eval_fraction=0.4" if problem == "regression" else "data.eval_fraction=0.1"
+            )
             result = run_cli(
                 f"recipe={recipe}",
                 f"model.checkpoint={checkpoint}",
                 f"data.path={data}",
                 f"problem={problem}",
                 column,
+                held_out,
                 f"finetune={finetune}",
                 "augment=none",  # (features are cached only where no augmentation changes them)
                 "trainer.epochs=2",  # a second epoch reads the cached features
@@ -194,8 +199,11 @@ def test_the_saved_model_answers_pipeline_and_sft_predict(
     if problem == "multi_label":
         threshold = metrics["multi_label_threshold"]
         assert sorted(row["labels"]) == sorted(k for k, s in by_label.items() if s > threshold)
-    else:
+    else:  # with the 90% interval from the validation residuals
         assert row["score"] == pytest.approx(by_label["score"], rel=1e-4)
+        [half] = metrics["interval_half_width"]
+        assert row["score_high"] - row["score"] == pytest.approx(half, rel=1e-4)
+        assert row["score"] - row["score_low"] == pytest.approx(half, rel=1e-4)
 
 
 @pytest.mark.parametrize(

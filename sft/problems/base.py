@@ -147,6 +147,11 @@ class Problem:
         reliability diagram's bins."""
         raise NotImplementedError
 
+    def interval(self, validation: Evaluation) -> dict[str, Any]:
+        """What the saved model's config and metrics.json carry to give each prediction an
+        interval, from the validation outputs (regression); {}: no interval."""
+        return {}
+
     def saved_rule(self, config: Any) -> dict[str, float]:
         """The tuned rule a saved model's config carries (what `tune` returned)."""
         return {}

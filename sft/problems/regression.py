@@ -5,6 +5,7 @@ folded back into the saved output layer. Targets: `data.label_column` (one numbe
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -113,13 +114,59 @@ class Regression(Problem):
         super().bake_into(model, tuned)
 
     # -- what users see ----------------------------------------------------------------------
+    COVERAGE = 0.9  # of the intervals sft.predict gives
+
+    def interval(self, validation) -> dict[str, Any]:
+        """Split-conformal intervals: per target, the half-width q that the validation
+        residuals |y - ŷ| stay within at the ⌈(n + 1)·0.9⌉-th smallest, so that value ± q holds
+        a new example's target with probability ≥ 0.9 where the new data resemble validation
+        (exchangeable), whatever the model. Too small a validation split for that: none."""
+        n = len(validation.references)
+        k = math.ceil((n + 1) * self.COVERAGE)
+        if k > n:
+            log.warning("no prediction interval: %d validation examples are too few for %g", n,
+                        self.COVERAGE)  # fmt: skip
+            return {}
+        truth = np.asarray(validation.references, dtype=np.float64).reshape(n, -1)
+        residual = np.abs(np.asarray(validation.predictions).reshape(n, -1) - truth)
+        return {
+            "interval_coverage": self.COVERAGE,
+            "interval_half_width": np.sort(residual, axis=0)[k - 1].tolist(),
+        }
+
+    def final_report(self, final, validation, labels, split, tuned) -> dict[str, Any]:
+        """With an interval: the share of `split`'s targets that fall inside it."""
+        report = super().final_report(final, validation, labels, split, tuned)
+        if "interval_half_width" in tuned:
+            n = len(final.references)
+            residual = np.abs(np.asarray(final.predictions).reshape(n, -1)
+                              - np.asarray(final.references).reshape(n, -1))  # fmt: skip
+            inside = residual <= np.asarray(tuned["interval_half_width"])
+            report["interval_covered"] = float(inside.mean())
+        return report
+
     def prediction(self, scores, config, top_k) -> dict[str, Any]:
-        """Each target's value, in the model's order."""
+        """Each target's value, in the model's order, and its interval where the model has one
+        (`<target>_low`, `<target>_high`)."""
         value = {s["label"]: s["score"] for s in scores}
-        return {label: value[label] for label in config.id2label.values()}
+        row = {label: value[label] for label in config.id2label.values()}
+        half = getattr(config, "interval_half_width", None)
+        for label, q in zip(list(row), half or [], strict=False):
+            row[f"{label}_low"], row[f"{label}_high"] = row[label] - q, row[label] + q
+        return row
 
     def describes(self, results) -> str:
-        return f"It predicts {', '.join(results['labels'])} (the model's outputs are the values)."
+        said = f"It predicts {', '.join(results['labels'])} (the model's outputs are the values)."
+        if "interval_half_width" in results:
+            half = ", ".join(f"{q:.4g}" for q in results["interval_half_width"])
+            said += (
+                f" `sft.predict` gives each value a {results['interval_coverage']:.0%} interval, "
+                f"± {half} (split-conformal, from the validation residuals)"
+            )
+            if "interval_covered" in results:
+                said += f"; it held {results['interval_covered']:.1%} of the test targets"
+            said += "."
+        return said
 
     def kind(self, task_kind: str) -> str:
         return task_kind.replace("classification", "regression")

@@ -155,8 +155,10 @@ def _about(result: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _headline(result: dict[str, Any], problem: Problem) -> list[tuple[str, str]]:
-    """The problem's scores, the loss, and the calibrated temperature or tuned threshold."""
-    keys = [*problem.metrics, "loss", "calibration_temperature", "multi_label_threshold"]
+    """The problem's scores, the loss, the calibrated temperature or tuned threshold, and the
+    share of targets within their interval (regression)."""
+    keys = [*problem.metrics, "loss", "calibration_temperature", "multi_label_threshold",
+            "interval_covered"]  # fmt: skip
     return [(key, _number(result[key])) for key in keys if key in result]
 
 

@@ -243,7 +243,7 @@ def final_evaluations(
     tuned: dict = {}
     if calibrate:
         validation, tuned["calibration_temperature"] = problem.calibrated(validation)
-    tuned |= problem.tune(validation, outcome.best.metric)
+    tuned |= problem.tune(validation, outcome.best.metric) | problem.interval(validation)
     validation = problem.apply(validation, tuned)
     splits = {"validation": validation}
     if test_loader is not None:
