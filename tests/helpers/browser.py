@@ -39,8 +39,11 @@ window.addEventListener("load", async () => {
       shown: shown(a)})),
     sections: [...document.querySelectorAll("section")].filter(shown).map(s => s.id),
     headings: [...document.querySelectorAll("h2")].map(h => h.textContent.trim()),
+    // Rows of the mistakes table (#, example, true, predicted, score), or the picture cards
     mistakes: [...document.querySelectorAll("table.mistakes tr")].slice(1).map(
-      r => [...r.cells].map(c => c.innerText.trim())),
+      r => [...r.cells].map(c => c.innerText.trim())).concat(
+      [...document.querySelectorAll(".cards.mistakes .card")].map((c, i) => [String(i + 1), "",
+        c.dataset.true, c.dataset.predicted, c.dataset.score])),
   };
   const out = document.createElement("pre");
   out.id = "probe";
