@@ -11,7 +11,7 @@ IMAGE_RECIPE ?= vit_fashion_mnist
 
 .PHONY: install lock train test test-fast lint format bench bench-images clean data-images train-images \
 	train-images-small data-speech train-speech train-speech-small speech-tools bench-speech bench-compare \
-	bench-startup bench-gpu bench-precision browser data-tags train-tags data-tweets train-tweets
+	bench-startup bench-gpu bench-precision bench-calibration browser data-tags train-tags data-tweets train-tweets
 
 install: $(STAMP)
 
@@ -149,6 +149,9 @@ bench-compare: install  ## sft beside Trainer (defaults, and at its best) on the
 
 bench-startup: data/fashion_mnist/.done  ## launch to first step on 50,000 images, 500,000 rows
 	$(BIN)/python bench/startup.py $(ARGS)
+
+bench-calibration: install  ## no / one / per-label temperature on finished runs: ARGS="runs/... [--out F]"
+	$(BIN)/python bench/calibration.py $(ARGS)
 
 bench-gpu: install  ## on a CUDA GPU: BERT-base bf16 batch 64, sft beside Trainer (BENCHMARKS.md)
 	bench/gpu.sh $(ARGS)

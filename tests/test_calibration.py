@@ -160,3 +160,26 @@ def test_the_reliability_diagram_and_the_card_show_the_calibration(noisy_run):
     assert "### Calibration" in card
     assert f"{test['before']['ece']:.4f} → {test['after']['ece']:.4f}" in card
     assert "![Reliability before and after calibration](plots/reliability.png)" in card
+
+
+@pytest.mark.slow
+def test_the_calibration_benchmark_refits_the_runs_temperature(noisy_run):
+    """bench/calibration.py undoes the saved temperature and fits it again on validation: the
+    same T, the saved model's test NLL, and no prediction moved."""
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_calibration", ROOT / "bench" / "calibration.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run_dir, _ = noisy_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    measured = bench.measure(run_dir)
+    one, none = measured["methods"]["one temperature"], measured["methods"]["none"]
+    assert one["temperature"] == pytest.approx(metrics["calibration_temperature"], rel=1e-3)
+    assert one["nll"] == pytest.approx(metrics["calibration"]["test"]["after"]["nll"], rel=1e-3)
+    assert none["nll"] == pytest.approx(metrics["calibration"]["test"]["before"]["nll"], rel=1e-3)
+    assert one["score"] == none["score"] == metrics["accuracy"]
