@@ -6,13 +6,15 @@ measured on its test split.
 
 The saved model carries its temperature T folded in: it is evaluated on both splits in one
 process (sft.reporting.evaluation), and its logits times T are the uncalibrated model's. Prints
-test ECE (15 bins), NLL and Brier score, and accuracy (single-label) or macro-F1 at the saved
-threshold (multi-label) to show that no prediction moves; writes them as JSON with --out.
+test ECE (15 bins), NLL and Brier score, and accuracy (single-label: no prediction moves) or
+macro-F1 with the threshold tuned on validation for each (multi-label); writes them as JSON
+with --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from functools import partial
@@ -49,9 +51,7 @@ def measure(run: Path) -> dict:
     for split in ("validation", "test"):
         saved = evaluate_saved(str(run), [], split, progress=False)
         evaluation = saved.evaluated.evaluation
-        outputs[split] = evaluation.__class__(
-            **{**vars(evaluation), "logits": evaluation.logits * saved_t}
-        )
+        outputs[split] = dataclasses.replace(evaluation, logits=evaluation.logits * saved_t)
     problem = saved.problem
     validation, test = outputs["validation"], outputs["test"]
     methods = {"none": 1.0, "one temperature": problem.calibrated(validation)[1]}
@@ -59,15 +59,17 @@ def measure(run: Path) -> dict:
         methods["one per label"] = per_label_temperatures(validation.logits, validation.references)
     rows = {}
     for name, t in methods.items():
-        scaled = problem.apply(
-            problem.scaled(test, t), problem.saved_rule(saved.found.load().config)
-        )
+        # Multi-label: the threshold tuned again on validation for each, as training does after
+        # calibrating (single-label: no rule; no argmax moves).
+        rule = problem.tune(problem.scaled(validation, t), problem.metrics[0])
+        scaled = problem.apply(problem.scaled(test, t), rule)
         after = scaled.calibration["after"]
         rows[name] = {
             "ece": after["ece"], "nll": after["nll"], "brier": after["brier"],
             "score": scaled.scores[problem.metrics[0]] if problem.name != "single_label"
             else scaled.scores["accuracy"],
             "temperature": float(t) if np.ndim(t) == 0 else [round(float(x), 3) for x in t],
+            **rule,
         }  # fmt: skip
     return {"run": str(run), "problem": problem.name, "saved_temperature": saved_t,
             "test_examples": len(test.references), "methods": rows}  # fmt: skip
