@@ -55,7 +55,14 @@ class DataConfig:
     standardize_targets: bool = True
     # Text files are decoded with these encodings, tried in order, before failing.
     encodings: list[str] = field(default_factory=lambda: ["utf-8"])
-    max_length: int = 256  # tokens per example; longer texts are truncated
+    max_length: int = 256  # tokens per example; longer texts are truncated, or (long_text)
+    # chunks: cut into windows of max_length overlapping by `stride` tokens (None: a quarter of
+    # max_length), at most max_chunks a text; each trains with its text's targets, and their
+    # logits are pooled (pool: mean | max) into one prediction per text wherever a model runs
+    long_text: str = "truncate"
+    stride: int | None = None
+    max_chunks: int = 8
+    pool: str = "mean"
     max_duration: float | None = None  # seconds of audio per clip: crop (random on train) or pad
     eval_fraction: float = 0.1  # share of train held out for validation when none is given
     test_fraction: float = 0.0  # share of train held out for test when none is given (0 = none)
@@ -153,12 +160,11 @@ class TrainerConfig:
     metric: str = "auto"
     early_stopping_patience: int = 0  # stop after N evals without improvement; 0 = never
     progress: bool = True  # show a progress bar
-    # Recompute activations in backward (less memory, ~30% more compute). Non-reentrant, so
-    # gradients stay right when the layers below are frozen.
+    # Recompute activations in backward (less memory, ~30% more compute; non-reentrant: right
+    # gradients when the layers below are frozen)
     gradient_checkpointing: bool = False
-    # Checkpoints (<run>/checkpoints/step-N: weights, optimizer, scheduler, RNGs, position) at
-    # each epoch end and every N optimizer steps (0: epoch ends only); the last K are kept
-    # (0: no checkpoints).
+    # Checkpoints (<run>/checkpoints/step-N: weights, optimizer, scheduler, RNGs, position) at each
+    # epoch end and every N optimizer steps (0: epoch ends only); the last K kept (0: none).
     checkpoint_every: int = 0
     keep_checkpoints: int = 1
 
@@ -329,18 +335,16 @@ def sweep_name() -> str:
 def register() -> None:
     """Make the schema and the `${sft.package:...}` / `${sft.repo:...}` / `${sft.converted:...}`
     / `${sft.launch_time:<strftime format>}` / `${sft.sweep_name:}` resolvers known."""
-    ConfigStore.instance().store(name="schema", node=Config)
-    if not OmegaConf.has_resolver("sft.sweep_name"):
-        OmegaConf.register_new_resolver("sft.sweep_name", sweep_name, use_cache=True)
-    if not OmegaConf.has_resolver("sft.launch_time"):
-        OmegaConf.register_new_resolver(
-            "sft.launch_time", lambda fmt: launch_time().strftime(fmt), use_cache=True
-        )
-    if not OmegaConf.has_resolver("sft.package"):
-        OmegaConf.register_new_resolver("sft.package", package_path)
-    if not OmegaConf.has_resolver("sft.repo"):
-        OmegaConf.register_new_resolver("sft.repo", repo_path)
-    if not OmegaConf.has_resolver("sft.converted"):
-        from sft.pretrained import converted_path
+    from sft.pretrained import converted_path
 
-        OmegaConf.register_new_resolver("sft.converted", converted_path)
+    ConfigStore.instance().store(name="schema", node=Config)
+    resolvers = {  # name: (resolver, whether one value holds for the whole run)
+        "sft.sweep_name": (sweep_name, True),
+        "sft.launch_time": (lambda fmt: launch_time().strftime(fmt), True),
+        "sft.package": (package_path, False),
+        "sft.repo": (repo_path, False),
+        "sft.converted": (converted_path, False),
+    }
+    for name, (resolver, cached) in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver, use_cache=cached)

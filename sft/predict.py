@@ -118,6 +118,7 @@ def classify(
 
     read, options = modality.reader(classifier), modality.call_options()
     config = classifier.model.config
+    windowed = getattr(config, "long_text", None)  # data.long_text=chunks: cut and pool
     problem = problems.of_model(config)
     order = list(range(len(items)))
     if not modality.reads_files:  # characters: a free stand-in for tokens
@@ -128,13 +129,37 @@ def classify(
         chunk = order[start : start + batch_size]
         values = [read(items[i][1]) for i in chunk]
         k = None if problem.needs_every_score else top_k  # None: every label's score
-        outputs = classifier(values, top_k=k, batch_size=batch_size, **options)
+        if windowed is not None:
+            outputs = _pooled(classifier, values, windowed, k, batch_size)
+        else:
+            outputs = classifier(values, top_k=k, batch_size=batch_size, **options)
         for i, scores in zip(chunk, outputs, strict=True):
             scores = [{"label": s["label"], "score": float(s["score"])} for s in scores]
             rows[i] = {"input": items[i][0], **problem.prediction(scores, config, top_k)}
         bar.update(len(chunk))
     bar.close()
     return rows
+
+
+def _pooled(classifier, texts: list[str], settings: dict, top_k: int | None, batch_size: int):
+    """The pipeline's scores of each text, cut into windows as training cut them and their
+    logits pooled into one (sft/data/windows.py)."""
+    import torch
+
+    from sft.data.windows import cut, pool
+
+    windows, text_of = cut(classifier.tokenizer, texts, settings["max_length"],
+                           settings["stride"], settings["max_chunks"])  # fmt: skip
+    logits = []
+    for start in range(0, len(text_of), batch_size):
+        part = {k: v[start : start + batch_size] for k, v in windows.items()}
+        batch = classifier.tokenizer.pad(part, return_tensors="pt").to(classifier.device)
+        with torch.inference_mode():
+            logits.append(classifier.model(**batch).logits.float().cpu())
+    pooled, _ = pool(torch.cat(logits), torch.zeros(len(text_of)), torch.tensor(text_of),
+                     settings["pool"])  # fmt: skip
+    return [classifier.postprocess({"logits": pooled[i : i + 1]}, top_k=top_k, _legacy=False)
+            for i in range(len(texts))]  # fmt: skip
 
 
 def write(rows: list[dict[str, Any]], output: Path | None) -> None:

@@ -182,17 +182,10 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
         job.cache.serving() if job.cache is not None else nullcontext(),
         checkpoint.Preemption(accelerator) if keep else nullcontext() as preempted,
     ):
-        parts = loop.Parts(
-            accelerator,
-            job.model,
-            job.optimizer,
-            scheduler,
-            job.loaders.train,
-            job.loaders.validation,
-            problem,
-            problem.loss(cfg.loss, job.splits.train_targets(), len(job.splits.labels)),
-            cfg.calibration == "temperature",
-        )
+        loss = problem.loss(cfg.loss, job.splits.train_targets(), len(job.splits.labels))
+        parts = loop.Parts(accelerator, job.model, job.optimizer, scheduler, job.loaders.train,
+                           job.loaders.validation, problem, loss,
+                           cfg.calibration == "temperature", cfg.data.pool)  # fmt: skip
         outcome = loop.fit(
             parts,
             t,
@@ -210,6 +203,11 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
             parts, outcome, job.loaders.test, t.progress, record
         )
     problem.bake_into(accelerator.unwrap_model(job.model), tuned)  # saved with the model
+    if cfg.data.long_text == "chunks":  # so that whatever runs the saved model cuts and pools
+        d = cfg.data
+        accelerator.unwrap_model(job.model).config.long_text = {
+            "max_length": d.max_length, "stride": d.stride, "max_chunks": d.max_chunks,
+            "pool": d.pool}  # fmt: skip
     split = "test" if job.loaders.test is not None else "validation"
     result = {
         **problem.final_report(final, validation, job.splits.labels, split, tuned),

@@ -28,6 +28,8 @@ SAMPLERS = {"default", "shuffle", "balanced"}
 RANGES = {
     "seed": "[0, inf)",  # numpy refuses negative seeds
     "data.max_length": "[1, inf)",
+    "data.stride": "[0, inf)",  # and below max_length: see _check_long_text
+    "data.max_chunks": "[1, inf)",
     "data.max_duration": "(0, inf)",
     "data.eval_fraction": "(0, 1)",
     "data.test_fraction": "[0, 1)",  # 0: no test split carved out of train
@@ -87,6 +89,21 @@ def _must(interval: str) -> str:
     return f"lie in {interval}"
 
 
+def _check_long_text(cfg: Config, check) -> None:
+    d = cfg.data
+    check(d.long_text in ("truncate", "chunks"), "data.long_text", d.long_text,
+          "use truncate or chunks")  # fmt: skip
+    check(d.pool in ("mean", "max"), "data.pool", d.pool, "use mean or max")
+    if d.long_text == "chunks":
+        from sft.modalities import TEXT
+
+        check(cfg.task == TEXT, "data.long_text", d.long_text,
+              f"windows are cut from texts; task={cfg.task} reads no text")  # fmt: skip
+        room = d.max_length - 2  # a window's tokens besides the tokenizer's [CLS] and [SEP]
+        check(d.stride is None or d.stride < room, "data.stride", d.stride,
+              f"windows must move on: use less than data.max_length - 2 = {room}")  # fmt: skip
+
+
 def validate(cfg: Config) -> None:
     """Values the types allow but the run cannot use: fail before anything loads."""
 
@@ -130,6 +147,7 @@ def validate(cfg: Config) -> None:
         t.precision,
         f"use one of {sorted(PRECISIONS)}",
     )
+    _check_long_text(cfg, check)
     sampler = cfg.data.sampler
     check(sampler in SAMPLERS, "data.sampler", sampler, f"use one of {sorted(SAMPLERS)}")
     name = cfg.scheduler.name

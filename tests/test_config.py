@@ -257,6 +257,10 @@ def test_cfg_job_prints_config_from_any_directory(tmp_path):
         ("augment.hflip=2", "augment.hflip=2.0"),
         ("augment.noise_snr_db=[30,5]", "augment.noise_snr_db=[30.0, 5.0] is not allowed"),
         ("seed=-1", "seed=-1 is not allowed: it must be at least 0"),
+        ("data.long_text=split", "data.long_text=split is not allowed: use truncate or chunks"),
+        ("data.pool=median", "data.pool=median is not allowed: use mean or max"),
+        ("data.max_chunks=0", "data.max_chunks=0 is not allowed: it must be at least 1"),
+        ("data.stride=-1", "data.stride=-1 is not allowed: it must be at least 0"),
     ],
 )
 def test_values_the_run_cannot_use_fail_before_anything_loads(override, message):
@@ -276,10 +280,24 @@ def test_values_the_run_cannot_use_fail_before_anything_loads(override, message)
         "trainer.max_steps=null",
         "loss.class_weights=[0,1.5,2]",
         "finetune.train=['encoder\\.layer\\.1\\.']",
+        "data.long_text=chunks data.max_length=16 data.stride=13",
     ],
 )
 def test_values_at_the_edge_of_their_range_are_accepted(override):
-    validate(to_config(composed("recipe=bert_news", "output_dir=/tmp/x", override)))
+    validate(to_config(composed("recipe=bert_news", "output_dir=/tmp/x", *override.split())))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.max_length=16", "data.stride=14"], "data.stride=14 is not allowed: windows must"),
+        (["recipe=vit_fashion_mnist"], "data.long_text=chunks is not allowed: windows are cut"),
+    ],
+)
+def test_windows_of_long_texts_must_move_on_and_be_cut_from_text(overrides, message):
+    args = ["recipe=bert_news", "output_dir=/tmp/x", "data.long_text=chunks", *overrides]
+    with pytest.raises(SftError, match=re.escape(message)):
+        validate(to_config(composed(*args)))
 
 
 def test_every_range_names_a_key_of_the_schema():

@@ -15,6 +15,7 @@ from sft.config import AugmentConfig, DataConfig, ModelConfig, TrainerConfig
 from sft.data.columns import column_values
 from sft.data.sources import load_raw
 from sft.data.splits import LABELS, Splits, build_splits
+from sft.data.windows import DOCUMENT
 
 if TYPE_CHECKING:
     from sft.modalities import Inputs, Modality
@@ -139,6 +140,15 @@ def eval_order(ds, inputs: Inputs) -> list[int]:
     if lengths is None:
         return list(range(len(ds)))
     return sorted(range(len(ds)), key=lambda i: -lengths[i])
+
+
+def output_order(ds, inputs: Inputs) -> list[int]:
+    """Which example of the split (as read) each row of an evaluation's outputs is: those of
+    `eval_order`, or where `ds` holds windows of long texts, pooled into one output per text
+    in the texts' order (sft/data/windows.py), the texts in order."""
+    if DOCUMENT in ds.column_names:
+        return sorted(set(column_values(ds, DOCUMENT)))
+    return eval_order(ds, inputs)
 
 
 def balanced_sampler(labels, generator: torch.Generator) -> torch.utils.data.Sampler:

@@ -20,6 +20,10 @@ HYPERPARAMETERS = (
     "data.path",
     "data.name",
     "data.max_length",
+    "data.long_text",
+    "data.stride",
+    "data.max_chunks",
+    "data.pool",
     "data.max_duration",
     "finetune.strategy",
     "finetune.k",
@@ -115,6 +119,7 @@ def model_card(run: RunDir, repo_id: str) -> str:
         f"A {kind} model fine-tuned from `{base}` on `{dataset_name}` with "
         f"[sft](https://pypi.org/project/sft-classify/) (`finetune={config.finetune.strategy}`). "
         f"{problem.describes(metrics)}\n",
+        _long_text(config),
         _results(problem, metrics),
         _calibration(metrics),
         _per_label(problem, metrics),
@@ -123,6 +128,20 @@ def model_card(run: RunDir, repo_id: str) -> str:
         _usage(repo_id, task, problem, adapter=lora_adapter),
     ]
     return "\n".join(s for s in sections if s)
+
+
+def _long_text(config) -> str:
+    """What a user must know of a model trained on windows of long texts."""
+    d = config.data
+    if d.get("long_text", "truncate") != "chunks":
+        return ""
+    return (
+        f"Texts longer than {d.max_length} tokens were cut into overlapping windows (at most "
+        f"{d.max_chunks} a text) and the windows' logits {d.pool}-pooled into one prediction "
+        f"per text, in training and in every score below; the model's config records it "
+        f"(`long_text`). `python -m sft.predict` cuts and pools the same way; `pipeline()` "
+        f"truncates each text to its first window.\n"
+    )
 
 
 def _results(problem: problems.Problem, metrics: dict) -> str:
@@ -179,6 +198,8 @@ def _hyperparameters(config, metrics: dict, problem: problems.Problem) -> str:
     strategy = config.finetune.strategy
     skip = {"finetune.k"} if strategy != "top_k" else set()
     skip |= {"finetune.r"} if strategy != "lora" else set()
+    if config.data.get("long_text", "truncate") == "truncate":
+        skip |= {"data.stride", "data.max_chunks", "data.pool"}
     # Keys shown only for the problem that reads them
     skip |= {key for p in problems.PROBLEMS.values() for key in p.settings} - set(problem.settings)
     for key in HYPERPARAMETERS:

@@ -71,11 +71,13 @@ def evaluate_saved(
     from sft.training.model import resolve
 
     found = resolve(source)
+    model = found.load()
     base = found.run.config if found.run is not None else {"task": found.task}
+    if found.run is None and hasattr(model.config, "long_text"):  # windows, as it trained on
+        base["data"] = {"long_text": "chunks", **model.config.long_text}
     fixed = {"model": {"checkpoint": found.ref}, "output_dir": ""}  # nothing is trained
     cfg = schema.with_overrides(base, overrides, fixed)
     modality = found.modality
-    model = found.load()
     problem = problems.of_model(model.config)
     labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
     if any(o.startswith("data.path=") for o in overrides) or found.run is None:
@@ -106,8 +108,8 @@ def evaluate_saved(
 
 
 def _evaluate(model, problem: Problem, encoded, inputs, cfg, progress: bool):
-    """metrics.json's scores and timings, the evaluation, and its order (eval_order)."""
-    from sft.data.loaders import eval_loader, eval_order
+    """metrics.json's scores and timings, the evaluation, and its order (output_order)."""
+    from sft.data.loaders import eval_loader, output_order
     from sft.training import loop
     from sft.training.accelerator import (
         decide_precision,
@@ -123,7 +125,7 @@ def _evaluate(model, problem: Problem, encoded, inputs, cfg, progress: bool):
     )
     problem.load_metrics()  # seconds of imports, before the clock starts (as loading the model)
     start = time.perf_counter()
-    result = loop.evaluate(accelerator, model, loader, problem, progress)
+    result = loop.evaluate(accelerator, model, loader, problem, progress, cfg.data.pool)
     tuned = problem.saved_rule(model.config)  # as tuned on the run's validation split
     result = problem.apply(result, tuned)
     seconds = time.perf_counter() - start
@@ -133,10 +135,10 @@ def _evaluate(model, problem: Problem, encoded, inputs, cfg, progress: bool):
         **tuned,
         "loss": result.loss,
         "seconds": seconds,  # forward passes and scores: loading and encoding excluded
-        "examples_per_s": len(encoded) / seconds,
+        "examples_per_s": len(result.references) / seconds,  # texts, where windows pool
         **chosen.report(accelerator),
     }
-    return report, result, eval_order(encoded, inputs)
+    return report, result, output_order(encoded, inputs)
 
 
 def _split(splits, name: str, source: str) -> datasets.Dataset:

@@ -40,7 +40,7 @@ PLOTS = {
 @dataclass
 class Evaluated:
     """An evaluation's outputs and the examples they belong to: output row i is example
-    `examples[order[i]]` (`order`: sft.data.loaders.eval_order)."""
+    `examples[order[i]]` (`order`: sft.data.loaders.output_order)."""
 
     evaluation: Evaluation
     examples: datasets.Dataset  # the split as read (raw inputs), targets included
@@ -50,10 +50,10 @@ class Evaluated:
     @classmethod
     def of_run(cls, job: Job, split: str, evaluation: Evaluation) -> Evaluated:
         """`evaluation` of the run's `split`, beside that split's examples as read."""
-        from sft.data.loaders import eval_order
+        from sft.data.loaders import output_order
 
         encoded, raw = dict(job.splits.items())[split], dict(job.raw.items())[split]
-        return cls(evaluation, raw, eval_order(encoded, job.inputs), job.inputs.column)
+        return cls(evaluation, raw, output_order(encoded, job.inputs), job.inputs.column)
 
 
 def draw_run(run: RunDir, result: dict[str, Any], final: Evaluation, job: Job) -> Path:

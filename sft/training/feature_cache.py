@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from sft.data.loaders import INDEX, keyed
 from sft.data.splits import Splits
+from sft.data.windows import DOCUMENT
 from sft.training.finetune import Layout, layout_or_none, train_mode
 
 log = logging.getLogger(__name__)
@@ -313,4 +314,4 @@ def _stack(examples: list[dict]) -> dict:
 
 
 def _model_inputs(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) for k, v in batch.items() if k not in (INDEX, "labels")}
+    return {k: v.to(device) for k, v in batch.items() if k not in (INDEX, DOCUMENT, "labels")}

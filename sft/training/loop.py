@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sft.config import TrainerConfig
+from sft.data import windows
+from sft.data.windows import DOCUMENT
 from sft.errors import SftError
 from sft.problems import Problem
 from sft.training.accelerator import named
@@ -42,6 +44,7 @@ class Parts:
     problem: Problem
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
     calibrate: bool = False  # fit a temperature on validation at the end (final_evaluations)
+    pool: str = "mean"  # how the logits of a text's windows become its own (data.pool)
 
 
 def fit(
@@ -65,7 +68,7 @@ def fit(
     train_loader, scheduler, problem = parts.train_loader, parts.scheduler, parts.problem
     p = resume or Progress(Best(problem.metric(settings.metric)))
     n = len(train_loader)
-    run = _Run(accelerator, model, parts.eval_loader, problem, settings, total_steps, record, p, n)
+    run = _Run(parts, settings, total_steps, record, p, n)
     mid_epoch = p.batches > 0
     while not run.done:
         if on_epoch is not None:
@@ -108,11 +111,9 @@ class _Run:
     """The bookkeeping around the step: counting, logging, evaluation, early stopping,
     checkpoints, and the time spent, on the `Progress` that a checkpoint saves."""
 
-    def __init__(
-        self, accelerator, model, eval_loader, problem, settings, total_steps, record, p, batches
-    ):
-        self.accelerator, self.model, self.eval_loader = accelerator, model, eval_loader
-        self.problem = problem
+    def __init__(self, parts: Parts, settings, total_steps, record, p, batches):
+        self.accelerator, self.model = parts.accelerator, parts.model
+        self.eval_loader, self.problem, self.pool = parts.eval_loader, parts.problem, parts.pool
         self.settings, self.total_steps, self.record, self.p = settings, total_steps, record, p
         self.batches_per_epoch = batches
         self.eval_every = settings.eval_every or math.ceil(batches / settings.grad_accum_steps)
@@ -123,7 +124,7 @@ class _Run:
             total=total_steps,
             initial=p.step,
             desc="train",
-            disable=not (settings.progress and accelerator.is_main_process),
+            disable=not (settings.progress and self.accelerator.is_main_process),
         )
 
     @property
@@ -167,9 +168,8 @@ class _Run:
         if p.step % self.eval_every and p.step != self.total_steps:
             return
         eval_start = time.perf_counter()
-        result = evaluate(
-            self.accelerator, self.model, self.eval_loader, self.problem, self.settings.progress
-        )
+        result = evaluate(self.accelerator, self.model, self.eval_loader, self.problem,
+                          self.settings.progress, self.pool)  # fmt: skip
         # Scored under the rule the saved model would get (multi-label: the threshold tuned on
         # this evaluation), so the best checkpoint is the one whose final scores are best: at
         # 0.5 a young multi-label model predicts no label at all and every checkpoint ties at 0.
@@ -239,7 +239,7 @@ def final_evaluations(
     if validation is None or ((problem.tunes or calibrate) and validation.logits is None):
         # No finite evaluation (the last weights, as they are), or one read from a checkpoint
         # without the outputs to tune on.
-        validation = evaluate(accelerator, model, parts.eval_loader, problem, progress)
+        validation = evaluate(accelerator, model, parts.eval_loader, problem, progress, parts.pool)
     tuned: dict = {}
     if calibrate:
         validation, tuned["calibration_temperature"] = problem.calibrated(validation)
@@ -248,7 +248,7 @@ def final_evaluations(
     splits = {"validation": validation}
     if test_loader is not None:
         test_loader = accelerator.prepare(test_loader)
-        final = evaluate(accelerator, model, test_loader, problem, progress)
+        final = evaluate(accelerator, model, test_loader, problem, progress, parts.pool)
         if calibrate:
             final = problem.scaled(final, tuned["calibration_temperature"])
         splits["test"] = problem.apply(final, tuned)
@@ -264,23 +264,27 @@ def evaluate(
     loader: DataLoader,
     problem: Problem,
     progress: bool = False,
+    pool: str = "mean",
 ) -> Evaluation:
     """Loss, predictions and scores (as `problem` computes them) over every example of
     `loader`, each counted once across processes (`gather_for_metrics` drops the padding a
-    distributed sampler adds); with a progress bar (rank 0) when `progress`."""
+    distributed sampler adds); with a progress bar (rank 0) when `progress`. Windows of long
+    texts (batches with DOCUMENT) are pooled into one output per text (`pool`: mean | max)."""
     was_training = model.training
     model.eval()
-    logits, references = [], []
+    logits, references, documents = [], [], []
     show = progress and accelerator.is_main_process
     for batch in tqdm(loader, desc="evaluate", leave=False, disable=not show):
-        batch_logits, batch_labels = accelerator.gather_for_metrics(
-            (logits_of(model, batch), batch["labels"])
-        )
-        logits.append(batch_logits.float().cpu())
-        references.append(batch_labels.cpu())
+        text = (batch[DOCUMENT],) if DOCUMENT in batch else ()
+        out = accelerator.gather_for_metrics((logits_of(model, batch), batch["labels"], *text))
+        logits.append(out[0].float().cpu())
+        references.append(out[1].cpu())
+        documents += [out[2].cpu()] if text else []
     if was_training:
         train_mode(model)
     all_logits, all_refs = torch.cat(logits), torch.cat(references)
+    if documents:
+        all_logits, all_refs = windows.pool(all_logits, all_refs, torch.cat(documents), pool)
     predictions, refs = problem.predict(all_logits), all_refs.numpy()
     return Evaluation(
         loss=problem.eval_loss(all_logits, all_refs),
@@ -294,7 +298,7 @@ def evaluate(
 def logits_of(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     """The model's logits for `batch`. Labels stay out of the forward call: the model would
     compute a loss of its own, by its config's `problem_type`, which our loss replaces."""
-    return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    return model(**{k: v for k, v in batch.items() if k not in ("labels", DOCUMENT)}).logits
 
 
 def _calibration_row(step: int, tuned: dict, splits: dict[str, Evaluation]) -> dict:
