@@ -258,3 +258,18 @@ def test_report_pages_show_the_examples_in_chromium(
     else:
         assert not pictures and len(shown["clips"]) == len(shown["mistakes"])
         assert all(c["error"] is None and c["duration"] > 0.3 for c in shown["clips"])
+
+
+@pytest.mark.parametrize("modality", ["image", "speech"])
+def test_int8_export_of_image_and_speech_runs(tmp_path, finished, modality):
+    """ViT and wav2vec2 quantize too (their linear layers; wav2vec2's convolutions stay fp32)
+    and are scored on the run's validation split, multi-label threshold and all."""
+    run_dir, _ = finished(modality, "multi_label", "full")
+    out = tmp_path / "onnx"
+    result = run_cli(str(run_dir), "--onnx", "--quantize", "int8", "--max-drop", "1",
+                     "--output", str(out), cwd=tmp_path, module="sft.export")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    gate = json.loads((out / "export.json").read_text())["int8"]
+    assert gate["kept"] and (out / "model.int8.onnx").exists()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert gate["fp32"]["validation"] == pytest.approx(metrics["validation"]["f1"], abs=1e-6)

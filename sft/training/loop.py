@@ -282,16 +282,22 @@ def evaluate(
         documents += [out[2].cpu()] if text else []
     if was_training:
         train_mode(model)
-    all_logits, all_refs = torch.cat(logits), torch.cat(references)
-    if documents:
-        all_logits, all_refs = windows.pool(all_logits, all_refs, torch.cat(documents), pool)
-    predictions, refs = problem.predict(all_logits), all_refs.numpy()
+    texts = torch.cat(documents) if documents else None
+    return scored(problem, torch.cat(logits), torch.cat(references), texts, pool)
+
+
+def scored(problem: Problem, logits, references, documents=None, pool: str = "mean") -> Evaluation:
+    """The evaluation of a split's outputs (all of them, gathered): `documents`, the numbers of
+    the texts whose windows they are, pools them into one row per text first."""
+    if documents is not None:
+        logits, references = windows.pool(logits, references, documents, pool)
+    predictions, refs = problem.predict(logits), references.numpy()
     return Evaluation(
-        loss=problem.eval_loss(all_logits, all_refs),
+        loss=problem.eval_loss(logits, references),
         predictions=predictions,
         references=refs,
         scores=problem.scores(predictions, refs),
-        logits=all_logits.numpy(),
+        logits=logits.numpy(),
     )
 
 
