@@ -604,10 +604,13 @@ def test_two_processes_score_each_example_once(tmp_path, tiny_checkpoint, tagged
 
     run_dir = tmp_path / "run"
     args = problem_run(tagged_corpus, tiny_checkpoint, problem)
+    if problem == "regression":  # texts as windows (2-4 each), pooled across the two ranks
+        args = [a for a in args if not a.startswith("data.max_length=")]
+        args += ["data.long_text=chunks", "data.max_length=8", "data.stride=2"]
     launch("-m", "sft.train", *args, "trainer.eval_batch_size=4", f"output_dir={run_dir}",
            cwd=tmp_path)  # fmt: skip
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["num_examples"] == 18  # test rows, none duplicated by the sampler
+    assert metrics["num_examples"] == 18  # test rows (texts), none duplicated by the sampler
     if problem == "multi_label":
         assert sum(m["support"] for m in metrics["per_class"].values()) == sum(
             len(r["tags"]) for r in tagged_rows(6, seed=2)
@@ -619,8 +622,9 @@ def test_two_processes_score_each_example_once(tmp_path, tiny_checkpoint, tagged
         assert scale["mean"] == pytest.approx(train.mean(0)) and scale["std"] == pytest.approx(
             train.std(0), rel=1e-5
         )
-    # Row i of the gathered outputs is example eval_order[i] (ragged batches, dealt out to the
-    # two processes in turn): report.html pairs each text with its own target.
+    # Row i of the gathered outputs is example output_order[i] (ragged batches dealt out to the
+    # two processes in turn; windows pooled by text): report.html pairs each text with its own
+    # target.
     truth = {r["text"]: r for r in tagged_rows(6, seed=2)}
     rows = table_rows(run_dir / "report.html", "mistakes")
     assert rows or problem == "multi_label"  # regression lists every example
