@@ -171,7 +171,7 @@ def _onnx_score(path: Path, names, loader, problem, rule, pool, metric) -> dict[
     import onnxruntime
 
     from sft.data.windows import DOCUMENT
-    from sft.training.loop import scored
+    from sft.training.scoring import scored
 
     session = onnxruntime.InferenceSession(str(path))
     logits, references, documents = [], [], []

@@ -141,7 +141,7 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
     """Train (from a checkpoint when there is one), then evaluate the best weights on validation
     and test; returns the metrics and the final evaluation. SIGTERM or Ctrl-C ends it with
     `Preempted` after a checkpoint."""
-    from sft.training import checkpoint, loop, optim, trackers
+    from sft.training import checkpoint, loop, optim, scoring, trackers
     from sft.training.accelerator import precision_report
 
     t = cfg.trainer
@@ -199,7 +199,7 @@ def fit(cfg: schema.Config, accelerator, job: Job, out: RunDir, checkpoints, res
         if outcome.preempted:
             accelerator.end_training()
             raise preempted.stopped(outcome.steps, checkpoints.root)
-        validation, final, tuned = loop.final_evaluations(
+        validation, final, tuned = scoring.final_evaluations(
             parts, outcome, job.loaders.test, t.progress, record
         )
     problem.bake_into(accelerator.unwrap_model(job.model), tuned)  # saved with the model

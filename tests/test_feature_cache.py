@@ -17,7 +17,7 @@ from sft.data.splits import Splits
 from sft.training import finetune
 from sft.training.feature_cache import FeatureCache
 from sft.training.finetune import train_mode
-from sft.training.loop import logits_of
+from sft.training.scoring import logits_of
 from tests.conftest import KINDS, run_tiny_text
 from tests.test_finetune import trainable
 

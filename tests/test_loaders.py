@@ -17,7 +17,7 @@ from sft.data import build_splits
 from sft.data.loaders import loaders
 from sft.modalities.text import TextInputs
 from sft.problems import PROBLEMS
-from sft.training import loop
+from sft.training import scoring
 from sft.training.model import load_classifier
 
 BATCH = 4
@@ -93,13 +93,13 @@ def test_evaluation_runs_longest_first_with_predictions_beside_labels(varied, ti
     assert len(sizes) == len(splits.test)
 
     model = load_classifier(str(tiny_checkpoint), splits.labels).eval()
-    result = loop.evaluate(Accelerator(cpu=True), model, test, PROBLEMS["single_label"])
+    result = scoring.evaluate(Accelerator(cpu=True), model, test, PROBLEMS["single_label"])
     assert sorted(result.references.tolist()) == sorted(splits.test["labels"])
     with torch.no_grad():  # each example alone, in the split's own order
         alone = {}
         for i in range(len(splits.test)):
             batch = inputs.collator(train=False)([splits.test[i]])
-            alone[i] = loop.logits_of(model, batch).argmax(-1).item()
+            alone[i] = scoring.logits_of(model, batch).argmax(-1).item()
     order = list(test.sampler)
     assert result.predictions.tolist() == [alone[i] for i in order]
     assert result.references.tolist() == [splits.test["labels"][i] for i in order]

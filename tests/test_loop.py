@@ -16,7 +16,7 @@ from sft.data import build_splits
 from sft.errors import SftError
 from sft.modalities.text import TextInputs
 from sft.problems import PROBLEMS
-from sft.training import loop
+from sft.training import loop, scoring
 from sft.training.model import load_classifier
 from sft.training.optim import make_optimizer, param_groups
 from tests.conftest import make_rows
@@ -149,7 +149,7 @@ def test_best_state_holds_the_weights_of_the_best_evaluation(tiny_checkpoint, en
     accelerator = Accelerator(cpu=True)
     data, inputs = encoded
     val = DataLoader(data.validation, batch_size=8, collate_fn=inputs.collator(train=False))
-    again = loop.evaluate(accelerator, model, val, PROBLEMS["single_label"])
+    again = scoring.evaluate(accelerator, model, val, PROBLEMS["single_label"])
     assert again.loss == pytest.approx(best_rows[-1]["loss"], rel=1e-5)
 
 
@@ -198,7 +198,7 @@ def test_optimizer_fused_setting_picks_the_kernel_and_both_train_alike(tiny_chec
     batch = {"input_ids": torch.randint(5, 20, (4, 8)), "labels": torch.tensor([0, 1, 0, 1])}
     for net, optimizer in ((model, chosen), (reference, loop_kernel)):
         for _ in range(3):
-            loss = torch.nn.functional.cross_entropy(loop.logits_of(net, batch), batch["labels"])
+            loss = torch.nn.functional.cross_entropy(scoring.logits_of(net, batch), batch["labels"])
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()

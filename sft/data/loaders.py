@@ -134,7 +134,7 @@ def eval_loader(ds, inputs: Inputs, batch_size: int, num_workers: int = 0) -> Da
 
 def eval_order(ds, inputs: Inputs) -> list[int]:
     """The order `eval_loader` reads `ds` in, and so the order of an evaluation's outputs: row
-    i of `loop.evaluate`'s predictions is example `eval_order(ds, inputs)[i]` (several
+    i of `scoring.evaluate`'s predictions is example `eval_order(ds, inputs)[i]` (several
     processes too: Accelerate deals whole batches out in turn and gathers them back in turn)."""
     lengths = inputs.lengths(ds)
     if lengths is None:

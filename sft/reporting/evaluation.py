@@ -110,7 +110,7 @@ def evaluate_saved(
 def _evaluate(model, problem: Problem, encoded, inputs, cfg, progress: bool):
     """metrics.json's scores and timings, the evaluation, and its order (output_order)."""
     from sft.data.loaders import eval_loader, output_order
-    from sft.training import loop
+    from sft.training import scoring
     from sft.training.accelerator import (
         decide_precision,
         device_type,
@@ -125,7 +125,7 @@ def _evaluate(model, problem: Problem, encoded, inputs, cfg, progress: bool):
     )
     problem.load_metrics()  # seconds of imports, before the clock starts (as loading the model)
     start = time.perf_counter()
-    result = loop.evaluate(accelerator, model, loader, problem, progress, cfg.data.pool)
+    result = scoring.evaluate(accelerator, model, loader, problem, progress, cfg.data.pool)
     tuned = problem.saved_rule(model.config)  # as tuned on the run's validation split
     result = problem.apply(result, tuned)
     seconds = time.perf_counter() - start
