@@ -157,3 +157,15 @@ def test_sft_report_names_what_it_needs(tmp_path):
     assert "not a run directory" in result.stderr and "data.path=" in result.stderr
     result = run_cli(str(tmp_path), "data.nope=1", cwd=tmp_path, module="sft.report")
     assert result.returncode == 2 and "data.nope" in result.stderr
+
+
+def test_the_per_label_plot_of_many_labels_shows_the_worst_thirty(tmp_path):
+    from PIL import Image
+
+    from sft.problems.plots import plot_per_label
+
+    scores = {f"tag{i}": {"precision": 0.5, "recall": 0.5, "f1": i / 111, "support": 3}
+              for i in range(111)}  # fmt: skip
+    few = plot_per_label(dict(list(scores.items())[:30]), "30 labels", tmp_path / "few.png")
+    many = plot_per_label(scores, "111 labels", tmp_path / "many.png")
+    assert Image.open(many).size == Image.open(few).size  # 30 rows either way, not 111

@@ -87,17 +87,23 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], title: str, path:
     return path
 
 
-def plot_per_label(per_class: dict[str, dict[str, float]], title: str, path: Path) -> Path:
+def plot_per_label(
+    per_class: dict[str, dict[str, float]], title: str, path: Path, most: int = 30
+) -> Path:
     """Precision, recall and F1 of each label as grouped horizontal bars, worst F1 on top: where
-    a multi-label model falls short, at a glance."""
+    a multi-label model falls short, at a glance. Of many labels, the `most` worst (the rest
+    are in metrics.json and report.html's table)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     names = sorted(per_class, key=lambda n: per_class[n]["f1"])
+    if len(names) > most:
+        title, names = f"{title}: the {most} worst of {len(names)}", names[:most]
     rows = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(7, 0.5 * max(len(names), 2) + 1.2))
     for k, key in enumerate(("precision", "recall", "f1")):
         values = [per_class[n][key] for n in names]
         ax.barh(rows + (k - 1) * 0.27, values, height=0.27, label=key)
     ax.set_yticks(rows, [f"{n} ({per_class[n]['support']})" for n in names])
+    ax.invert_yaxis()  # the worst label first, at the top
     ax.set_xlim(0, 1)
     ax.set_xlabel("score (support in brackets)")
     ax.set_title(title)
