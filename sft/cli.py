@@ -13,6 +13,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn
 
@@ -24,6 +25,18 @@ from sft.errors import Preempted, SftError
 def parser(module: str, description: str) -> argparse.ArgumentParser:
     """The parser of `python -m <module>`."""
     return argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+
+
+def evaluation_parser(module: str, description: str, model: str) -> argparse.ArgumentParser:
+    """The arguments sft.evaluate and sft.report share: the model (`model` says what it may
+    be), data.<key>=<value> overrides and a split (`data_overrides` reads them), the folder
+    written, and the progress bar."""
+    command = parser(module, description)
+    command.add_argument("model", help=model)
+    command.add_argument("args", nargs="*", help="data.<key>=<value> overrides, then a split name")
+    command.add_argument("--output-dir", type=Path)
+    command.add_argument("--no-progress", action="store_true")
+    return command
 
 
 def data_overrides(args: list[str]) -> tuple[list[str], str | None]:

@@ -41,11 +41,11 @@ def evaluate_model(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.parser("sft.evaluate", "Evaluate a fine-tuned model on a data set.")
-    parser.add_argument("model", help="run directory or model directory")
-    parser.add_argument("args", nargs="*", help="data.<key>=<value> overrides, then a split name")
-    parser.add_argument("--output-dir", type=Path)
-    parser.add_argument("--no-progress", action="store_true")
+    parser = cli.evaluation_parser(
+        "sft.evaluate",
+        "Evaluate a fine-tuned model on a data set.",
+        "run directory or model directory",
+    )
     cli.run(parser, _evaluate, argv)
 
 

@@ -174,21 +174,20 @@ def _onnx_score(path: Path, names, loader, problem, rule, pool, metric) -> dict[
     from sft.training.scoring import scored
 
     session = onnxruntime.InferenceSession(str(path))
-    logits, references, documents = [], [], []
-    start = time.perf_counter()
-    for batch in loader:
-        outputs = session.run(None, {n: batch[n].numpy() for n in names})[0]
-        logits.append(torch.from_numpy(outputs).float())
-        references.append(batch["labels"])
-        documents += [batch[DOCUMENT]] if DOCUMENT in batch else []
-    seconds = time.perf_counter() - start
-    texts = torch.cat(documents) if documents else None
-    evaluation = scored(problem, torch.cat(logits), torch.cat(references), texts, pool)
-    evaluation = problem.apply(evaluation, rule)
+    seconds = []  # reading and running the batches: scoring them is left out
+
+    def batches():
+        start = time.perf_counter()
+        for batch in loader:
+            outputs = session.run(None, {n: batch[n].numpy() for n in names})[0]
+            yield torch.from_numpy(outputs), batch["labels"], batch.get(DOCUMENT)
+        seconds.append(time.perf_counter() - start)
+
+    evaluation = problem.apply(scored(problem, batches(), pool), rule)
     data = path.with_name(path.name + ".data")  # the exporter's external weights, if any
     size = path.stat().st_size + (data.stat().st_size if data.exists() else 0)
     return {"validation": evaluation.scores[metric], "bytes": size,
-            "examples_per_s": len(evaluation.references) / seconds}  # fmt: skip
+            "examples_per_s": len(evaluation.references) / seconds[0]}  # fmt: skip
 
 
 class _Logits(torch.nn.Module):

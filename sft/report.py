@@ -60,11 +60,11 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.parser("sft.report", "Write the error-analysis page (report.html) of a model.")
-    parser.add_argument("model", help="run directory (or model directory, with data.path=...)")
-    parser.add_argument("args", nargs="*", help="data.<key>=<value> overrides, then a split name")
-    parser.add_argument("--output-dir", type=Path)
-    parser.add_argument("--no-progress", action="store_true")
+    parser = cli.evaluation_parser(
+        "sft.report",
+        "Write the error-analysis page (report.html) of a model.",
+        "run directory (or model directory, with data.path=...)",
+    )
     cli.run(parser, _report, argv)
 
 

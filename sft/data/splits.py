@@ -38,6 +38,10 @@ class Splits:
         named = [("train", self.train), ("validation", self.validation), ("test", self.test)]
         return [(name, ds) for name, ds in named if ds is not None]
 
+    def get(self, name: str) -> datasets.Dataset | None:
+        """The split called `name` (train, validation, test), or None where there is none."""
+        return dict(self.items()).get(name)
+
     def train_targets(self) -> np.ndarray:
         """The train split's targets: class ids, 0/1 rows or numbers (sft/data/targets.py)."""
         return np.asarray(column_values(self.train, LABELS))

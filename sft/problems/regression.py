@@ -127,8 +127,8 @@ class Regression(Problem):
             log.warning("no prediction interval: %d validation examples are too few for %g", n,
                         self.COVERAGE)  # fmt: skip
             return {}
-        truth = np.asarray(validation.references, dtype=np.float64).reshape(n, -1)
-        residual = np.abs(np.asarray(validation.predictions).reshape(n, -1) - truth)
+        truth, predicted = _columns(validation)
+        residual = np.abs(predicted - truth)
         return {
             "interval_coverage": self.COVERAGE,
             "interval_half_width": np.sort(residual, axis=0)[k - 1].tolist(),
@@ -138,10 +138,8 @@ class Regression(Problem):
         """With an interval: the share of `split`'s targets that fall inside it."""
         report = super().final_report(final, validation, labels, split, tuned)
         if "interval_half_width" in tuned:
-            n = len(final.references)
-            residual = np.abs(np.asarray(final.predictions).reshape(n, -1)
-                              - np.asarray(final.references).reshape(n, -1))  # fmt: skip
-            inside = residual <= np.asarray(tuned["interval_half_width"])
+            truth, predicted = _columns(final)
+            inside = np.abs(predicted - truth) <= np.asarray(tuned["interval_half_width"])
             report["interval_covered"] = float(inside.mean())
         return report
 
@@ -176,9 +174,7 @@ class Regression(Problem):
     def mistakes(self, evaluation, labels) -> list[Mistake]:
         """Every example, by its largest residual (several targets: each in units of that
         target's spread over the split, so no target dominates by its scale)."""
-        n = len(evaluation.references)
-        truth = np.asarray(evaluation.references, dtype=np.float64).reshape(n, -1)
-        predicted = np.asarray(evaluation.predictions, dtype=np.float64).reshape(n, -1)
+        truth, predicted = _columns(evaluation)
         residual = np.abs(predicted - truth)
         if truth.shape[1] > 1:
             spread = truth.std(0)
@@ -260,3 +256,11 @@ def _number(value, row: int, column: str, where: str) -> float:
     if not np.isfinite(number):
         raise SftError(f"row {row + 1} of {where}, column '{column}': {value!r} is not finite")
     return number
+
+
+def _columns(evaluation) -> tuple[np.ndarray, np.ndarray]:
+    """The true and the predicted values of `evaluation`, one row per example and one column
+    per target (a single target too)."""
+    n = len(evaluation.references)
+    truth = np.asarray(evaluation.references, dtype=np.float64).reshape(n, -1)
+    return truth, np.asarray(evaluation.predictions, dtype=np.float64).reshape(n, -1)

@@ -17,8 +17,6 @@ from sft.reporting.page import PLOTS, Evaluated, write_report
 from sft.runs.directory import write_json
 
 if TYPE_CHECKING:
-    import datasets
-
     from sft.problems import Problem
     from sft.training.model import TrainedModel
 
@@ -98,16 +96,19 @@ def evaluate_saved(
                 f"{labels}; name the data to evaluate on with data.path=..."
             )
         split = split or ("test" if data.raw.test is not None else "validation")
-        ds, encoded = _split(data.raw, split, cfg.data.path), _split(data.encoded, split, "")
+        ds, encoded = data.raw.get(split), data.encoded.get(split)
+        if ds is None:
+            raise SftError(f"{cfg.data.path} has no '{split}' split; its splits: "
+                           f"{sorted(name for name, _ in data.raw.items())}")  # fmt: skip
     name = Path(cfg.data.path).name or "data"
-    report, evaluation, order = _evaluate(model, problem, encoded, inputs, cfg, progress)
+    report, evaluation, order = _evaluate(model, problem, labels, encoded, inputs, cfg, progress)
     where = {"split": split, "data": cfg.data.path, "model": found.ref}
     report = {"problem": problem.name, **where, **report}
     evaluated = Evaluated(evaluation, ds, order, inputs.column)
     return SavedEvaluation(report, evaluated, found, problem, name)
 
 
-def _evaluate(model, problem: Problem, encoded, inputs, cfg, progress: bool):
+def _evaluate(model, problem: Problem, labels: list[str], encoded, inputs, cfg, progress: bool):
     """metrics.json's scores and timings, the evaluation, and its order (output_order)."""
     from sft.data.loaders import eval_loader, output_order
     from sft.training import scoring
@@ -129,7 +130,6 @@ def _evaluate(model, problem: Problem, encoded, inputs, cfg, progress: bool):
     tuned = problem.saved_rule(model.config)  # as tuned on the run's validation split
     result = problem.apply(result, tuned)
     seconds = time.perf_counter() - start
-    labels = [model.config.id2label[i] for i in range(len(model.config.id2label))]
     report = {
         **problem.report(result.predictions, result.references, labels),
         **tuned,
@@ -139,13 +139,6 @@ def _evaluate(model, problem: Problem, encoded, inputs, cfg, progress: bool):
         **chosen.report(accelerator),
     }
     return report, result, output_order(encoded, inputs)
-
-
-def _split(splits, name: str, source: str) -> datasets.Dataset:
-    found = dict(splits.items())
-    if name not in found:
-        raise SftError(f"{source} has no '{name}' split; its splits: {sorted(found)}")
-    return found[name]
 
 
 def _choose_split(raw, split: str | None, source: str) -> str:

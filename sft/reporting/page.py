@@ -52,8 +52,8 @@ class Evaluated:
         """`evaluation` of the run's `split`, beside that split's examples as read."""
         from sft.data.loaders import output_order
 
-        encoded, raw = dict(job.splits.items())[split], dict(job.raw.items())[split]
-        return cls(evaluation, raw, output_order(encoded, job.inputs), job.inputs.column)
+        order = output_order(job.splits.get(split), job.inputs)
+        return cls(evaluation, job.raw.get(split), order, job.inputs.column)
 
 
 def draw_run(run: RunDir, result: dict[str, Any], final: Evaluation, job: Job) -> Path:
@@ -124,8 +124,11 @@ def write_report(
         },
     )
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(page, encoding="utf-8")
-    os.replace(partial, path)
+    try:
+        partial.write_text(page, encoding="utf-8")
+        os.replace(partial, path)
+    finally:  # after a failure (a full disk): no half-written page left beside the run
+        partial.unlink(missing_ok=True)
     return path
 
 

@@ -6,7 +6,7 @@ it; sft.evaluate, sft.report and sft.export's int8 gate score through it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -22,6 +22,10 @@ from sft.training.state import Evaluation, Outcome
 
 if TYPE_CHECKING:
     from sft.training.loop import Parts
+
+# One batch's outputs: logits, targets, and the numbers of the texts they are windows of (None:
+# whole examples)
+Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 
 
 def final_evaluations(
@@ -76,27 +80,33 @@ def evaluate(
     `loader`, each counted once across processes (`gather_for_metrics` drops the padding a
     distributed sampler adds); with a progress bar (rank 0) when `progress`. Windows of long
     texts (batches with DOCUMENT) are pooled into one output per text (`pool`: mean | max)."""
+    show = progress and accelerator.is_main_process
+
+    def gathered() -> Iterator[Outputs]:
+        for batch in tqdm(loader, desc="evaluate", leave=False, disable=not show):
+            text = (batch[DOCUMENT],) if DOCUMENT in batch else ()
+            out = accelerator.gather_for_metrics((logits_of(model, batch), batch["labels"], *text))
+            yield out[0], out[1], out[2] if text else None
+
     was_training = model.training
     model.eval()
-    logits, references, documents = [], [], []
-    show = progress and accelerator.is_main_process
-    for batch in tqdm(loader, desc="evaluate", leave=False, disable=not show):
-        text = (batch[DOCUMENT],) if DOCUMENT in batch else ()
-        out = accelerator.gather_for_metrics((logits_of(model, batch), batch["labels"], *text))
-        logits.append(out[0].float().cpu())
-        references.append(out[1].cpu())
-        documents += [out[2].cpu()] if text else []
+    evaluation = scored(problem, gathered(), pool)
     if was_training:
         train_mode(model)
-    texts = torch.cat(documents) if documents else None
-    return scored(problem, torch.cat(logits), torch.cat(references), texts, pool)
+    return evaluation
 
 
-def scored(problem: Problem, logits, references, documents=None, pool: str = "mean") -> Evaluation:
-    """The evaluation of a split's outputs (all of them, gathered): `documents`, the numbers of
-    the texts whose windows they are, pools them into one row per text first."""
-    if documents is not None:
-        logits, references = windows.pool(logits, references, documents, pool)
+def scored(problem: Problem, batches: Iterable[Outputs], pool: str = "mean") -> Evaluation:
+    """The evaluation of a split from its batches' outputs (all of them, gathered): windows
+    pooled into one row per text first (`pool`: mean | max)."""
+    logits, references, documents = [], [], []
+    for batch_logits, targets, texts in batches:
+        logits.append(batch_logits.float().cpu())
+        references.append(targets.cpu())
+        documents += [texts.cpu()] if texts is not None else []
+    logits, references = torch.cat(logits), torch.cat(references)
+    if documents:
+        logits, references = windows.pool(logits, references, torch.cat(documents), pool)
     predictions, refs = problem.predict(logits), references.numpy()
     return Evaluation(
         loss=problem.eval_loss(logits, references),
