@@ -2,7 +2,9 @@
 run most — same checkpoint (all-MiniLM-L6-v2), data and split, max_length, batch, lr, epochs,
 seed and threads — in interleaved runs, reporting medians. Two anchors: Trainer at its defaults
 (fp32 on a CPU, random batches) and Trainer at its best for the machine (bf16 where the CPU has
-AMX or on a GPU, batches grouped by length); sft runs at its defaults (precision=auto).
+AMX or on a GPU, batches grouped by length); for evaluation in bf16 a third, Trainer at its best
+with bf16_full_eval (the whole model in bf16, as sft evaluates); sft runs at its defaults
+(precision=auto).
 
     python bench/compare.py [--repeats 3] [--only "short;fixed"] [--out DIR]
     python bench/compare.py --smoke --checkpoint DIR      (one tiny job: the harness runs)
@@ -233,9 +235,11 @@ def evaluate_sft(data: Path, model: str, out: Path) -> dict:
     }
 
 
-def run_trainer(job: Job, data: Path, checkpoint: str, out: Path, best: bool = False) -> dict:
+def run_trainer(
+    job: Job, data: Path, checkpoint: str, out: Path, best: bool = False, full_eval: bool = False
+) -> dict:
     """Trainer at its defaults, or (`best`) in bf16 where that is faster, batches grouped by
-    length."""
+    length; `full_eval`: evaluating with the whole model in bf16 too (bf16_full_eval)."""
     command = [
         sys.executable, str(ROOT / "bench" / "hf_trainer.py"), "--data", str(data),
         "--checkpoint", checkpoint, "--out", str(out), "--finetune", job.finetune,
@@ -249,6 +253,8 @@ def run_trainer(job: Job, data: Path, checkpoint: str, out: Path, best: bool = F
         command.append("--bf16")
     if best:
         command.append("--group-by-length")
+    if full_eval and bf16:
+        command.append("--bf16-full-eval")
     start, wall, rss = run(command, out.with_suffix(".log"))
     result = json.loads((out / "result.json").read_text())
     measured = {
@@ -272,8 +278,18 @@ def run_trainer_best(job: Job, data: Path, checkpoint: str, out: Path) -> dict:
     return run_trainer(job, data, checkpoint, out, best=True)
 
 
+def run_trainer_bf16_eval(job: Job, data: Path, checkpoint: str, out: Path) -> dict:
+    return run_trainer(job, data, checkpoint, out, best=True, full_eval=True)
+
+
 TOOLS = {"sft": run_sft, "trainer": run_trainer, "trainer-best": run_trainer_best}
-ANCHORS = ("trainer", "trainer-best")
+# Evaluation has a third anchor: sft evaluates with bf16 weights where bf16 runs (its
+# inference_precision); Trainer does that when told bf16_full_eval=True.
+EVAL_TOOLS = {**TOOLS, "trainer-bf16-eval": run_trainer_bf16_eval}
+
+
+def tools(job: Job) -> dict:
+    return EVAL_TOOLS if job.evaluate_only and bf16_is_fast() else TOOLS
 
 
 def median_of(runs: list[dict], key: str) -> float | str | None:
@@ -326,7 +342,7 @@ def table(results: dict) -> str:
         if not job["job"]["evaluate_only"]:
             continue
         ours = job["sft"]
-        for tool in TOOLS:
+        for tool in (t for t in EVAL_TOOLS if t in job):
             m = job[tool]
             speed = m["eval_samples_per_second"]
             vs_speed = f"{ours['eval_samples_per_second'] / speed:.2f}x" if tool != "sft" else ""
@@ -380,13 +396,13 @@ def main() -> None:
             trained = folder / "fine-tuned"
             run_sft(dataclasses.replace(job, evaluate_only=False), data, checkpoint, trained)
             model = str(trained / "model")
-        runs: dict[str, list[dict]] = {tool: [] for tool in TOOLS}
+        runs: dict[str, list[dict]] = {tool: [] for tool in tools(job)}
         for repeat in range(args.repeats):
-            shift = repeat % len(TOOLS)  # interleaved: each tool first in turn
-            order = list(TOOLS)[shift:] + list(TOOLS)[:shift]
+            shift = repeat % len(runs)  # interleaved: each tool first in turn
+            order = list(runs)[shift:] + list(runs)[:shift]
             for tool in order:
                 out = folder / f"{tool}-{repeat}"
-                runs[tool].append(TOOLS[tool](job, data, model, out))
+                runs[tool].append(tools(job)[tool](job, data, model, out))
                 print(f"{name} | {tool} #{repeat}: {runs[tool][-1]}", flush=True)  # noqa: T201
         keys = [k for k in runs["sft"][0] if k != "started"]
         results["jobs"][name] = {

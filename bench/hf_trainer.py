@@ -3,13 +3,14 @@ baseline that bench/compare.py times sft against.
 
     python bench/hf_trainer.py --data DIR --checkpoint DIR --out DIR [--finetune head_only]
 
-At its defaults (fp32 on a CPU, random batches), or at its best for the CPU at hand (--bf16
-where the CPU has AMX, --group-by-length). Reads DIR/train.csv and DIR/test.csv (columns text,
-label), as sft's `data.path=DIR` does; tokenizes with truncation at --max-length and pads each
-batch to its longest text (DataCollatorWithPadding, Trainer's default with a tokenizer); trains
-with AdamW, linear decay after a warm-up share, weight decay on weights only, no checkpoints and
-no evaluation while training; then evaluates on test (alone with --evaluate-only, --checkpoint
-being a fine-tuned model). Writes OUT/result.json: train and eval samples/s, accuracy, macro-F1,
+At its defaults (fp32 on a CPU, random batches), or at its best for the CPU at hand (--bf16 where
+the CPU has AMX, --group-by-length; --bf16-full-eval to evaluate with bf16 weights). Reads
+DIR/train.csv and DIR/test.csv (columns text, label), as sft's `data.path=DIR` does; tokenizes with
+truncation at --max-length and pads each batch to its longest text (DataCollatorWithPadding,
+Trainer's default with a tokenizer); trains with AdamW, linear decay after a warm-up share, weight
+decay on weights only, no checkpoints and no evaluation while training; then evaluates on test
+(alone with --evaluate-only, --checkpoint being a fine-tuned model).
+Writes OUT/result.json: train and eval samples/s, accuracy, macro-F1,
 the time of the first step (epoch seconds) and peak RSS.
 """
 
@@ -46,6 +47,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--evaluate-only", action="store_true", help="--checkpoint is fine-tuned: predict test"
+    )
+    parser.add_argument(
+        "--bf16-full-eval", action="store_true", help="evaluate with the whole model in bf16"
     )
     args = parser.parse_args()
 
@@ -119,6 +123,7 @@ def main() -> None:
         seed=args.seed,
         bf16=args.bf16,  # on the CPU too when asked: Trainer never chooses it by itself
         use_cpu=args.bf16 and not torch.cuda.is_available(),  # what Trainer asks for bf16 on CPU
+        bf16_full_eval=args.bf16_full_eval,
         train_sampling_strategy="group_by_length" if args.group_by_length else "random",
         disable_tqdm=True,
     )

@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def predict(args) -> None:
-    from sft.training.accelerator import autocast
+    from sft.training.accelerator import autocast, inference_precision
 
     _check_options(args)
     model = resolve(args.model)
@@ -243,7 +243,8 @@ def predict(args) -> None:
     items = collect(args.inputs, model.modality, column)
     classifier = load_pipeline(model)
     head_in_fp32(classifier.model)
-    with autocast(args.precision, classifier.device.type):
+    device = classifier.device.type
+    with autocast(inference_precision(classifier.model, args.precision, device), device):
         rows = classify(
             classifier, model.modality, items, args.top_k, args.batch_size, not args.no_progress
         )

@@ -92,8 +92,12 @@ def test_the_side_by_side_harness_runs_both_tools_and_reports(harnesses):
         assert measured["peak_rss_mib"] > 100  # a Python process with torch loaded
         assert 0 <= measured["accuracy"] <= 1 and 0 <= measured["f1"] <= 1
         assert evaluation[tool]["eval_samples_per_second"] > 0
-    # Evaluation alone: both tools judged the same fine-tuned model on the same 40 texts.
+    # Evaluation alone: both tools judged the same fine-tuned model on the same 40 texts; where
+    # sft evaluates with bf16 weights, beside Trainer told to as well.
     assert evaluation["sft"]["accuracy"] == pytest.approx(evaluation["trainer"]["accuracy"])
+    assert ("trainer-bf16-eval" in evaluation) == (AUTO == "bf16")
+    if AUTO == "bf16":
+        assert evaluation["trainer-bf16-eval"]["eval_samples_per_second"] > 0
     data = out / "data" / "short-24"  # written once, read by both
     assert len((data / "test.csv").read_text().splitlines()) == 201
     assert len((out / "data" / "short-24-40" / "test.csv").read_text().splitlines()) == 41
@@ -101,6 +105,7 @@ def test_the_side_by_side_harness_runs_both_tools_and_reports(harnesses):
     assert "| smoke | sft |" in table and "| smoke | trainer |" in table
     assert f"| smoke | trainer-best | {AUTO} |" in table and results["machine"] in table
     assert "| smoke evaluate | sft |" in table and "eval samples/s" in table
+    assert ("| smoke evaluate | trainer-bf16-eval |" in table) == (AUTO == "bf16")
 
 
 def test_the_startup_benchmark_times_a_first_step_on_an_empty_and_a_warm_cache(harnesses):

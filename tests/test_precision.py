@@ -83,6 +83,7 @@ def test_saved_weights_are_fp32_whatever_ran(trained_text_run):
 @pytest.mark.slow
 @needs_amx
 def test_evaluate_follows_auto_and_can_be_told_fp32(tmp_path, trained_text_run):
+    """auto: the model cast to bf16 (its output layer kept in fp32), scoring as fp32 does."""
     run_dir, corpus = trained_text_run
     reports = {}
     for choice in ("auto", "fp32"):
@@ -95,6 +96,7 @@ def test_evaluate_follows_auto_and_can_be_told_fp32(tmp_path, trained_text_run):
         reports[choice] = json.loads((out / "metrics.json").read_text())
     assert reports["auto"]["precision"] == "bf16" and reports["fp32"]["precision"] == "fp32"
     assert "amx_bf16" in reports["auto"]["precision_reason"]
+    assert "weights cast to bf16" in reports["auto"]["precision_reason"]
     assert reports["auto"]["accuracy"] == pytest.approx(reports["fp32"]["accuracy"], abs=0.05)
     assert reports["auto"]["loss"] == pytest.approx(reports["fp32"]["loss"], rel=0.05)
 
@@ -113,14 +115,16 @@ def test_predict_in_bf16_scores_as_the_model_does_in_bf16(tmp_path, trained_text
             cwd=tmp_path, module="sft.predict",
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
-        assert f"precision {'bf16' if choice == 'auto' else 'fp32'} (" in result.stderr
+        assert f"precision {'bf16 weights' if choice == 'auto' else 'fp32'} (" in result.stderr
         rows[choice] = json.loads(out.read_text())
 
+    # The body's weights in bf16, the output layer's in fp32 on the body's output.
     model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model").eval()
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
     batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        bf16 = model(**batch).logits.float().softmax(-1).max(-1).values
+    with torch.no_grad():
+        pooled = model.bert.to(torch.bfloat16)(**batch).pooler_output
+        bf16 = model.classifier(pooled.float()).softmax(-1).max(-1).values
     assert [r["score"] for r in rows["auto"]] == pytest.approx(bf16.tolist(), abs=1e-3)
     for a, b in zip(rows["auto"], rows["fp32"], strict=True):
         assert a["score"] == pytest.approx(b["score"], abs=0.02)  # bf16 keeps 8 bits of mantissa

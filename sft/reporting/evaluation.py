@@ -113,13 +113,13 @@ def _evaluate(model, problem: Problem, labels: list[str], encoded, inputs, cfg, 
     from sft.data.loaders import eval_loader, output_order
     from sft.training import scoring
     from sft.training.accelerator import (
-        decide_precision,
         device_type,
         fresh_accelerator,
+        inference_precision,
         launcher_choice,
     )
 
-    chosen = decide_precision(cfg.trainer.precision, device_type(), launcher_choice())
+    chosen = inference_precision(model, cfg.trainer.precision, device_type(), launcher_choice())
     accelerator = fresh_accelerator(mixed_precision=chosen.mixed_precision)
     model, loader = accelerator.prepare(
         model, eval_loader(encoded, inputs, cfg.trainer.eval_batch_size)
