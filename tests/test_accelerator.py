@@ -132,12 +132,28 @@ def test_a_model_that_only_infers_runs_on_bf16_weights_where_bf16_runs(monkeypat
 
 
 def test_a_model_with_batch_norm_keeps_fp32_weights_and_autocast(monkeypatch, models):
-    """Batch norm on bf16 weights changed 12 of 1,000 EfficientNet predictions: autocast there."""
+    """Batch norm on bf16 weights changed 12 of 1,000 EfficientNet predictions: autocast there.
+    A convolutional network's filters go channels-last; the outputs stay what they were."""
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
     model = models("resnet").eval()
+    pixels = torch.randn(2, model.config.num_channels, 32, 32)
+    with torch.no_grad():
+        before = model(pixel_values=pixels).logits
     chosen = engine.inference_precision(model, "auto", "cpu")
     assert chosen.mixed_precision == "bf16" and chosen.label == "bf16"
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+    filters = [p for p in model.parameters() if p.dim() == 4]
+    assert filters and all(p.is_contiguous(memory_format=torch.channels_last) for p in filters)
+    with torch.no_grad():
+        assert torch.allclose(model(pixel_values=pixels).logits, before, atol=1e-5)
+
+
+def test_a_vit_keeps_its_layout(monkeypatch, models):
+    """ViT's one convolution (the patch embedding) is not a convolutional network."""
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": False})
+    model = models("vit").eval()
+    engine.inference_precision(model, "auto", "cpu")
+    assert all(p.is_contiguous() for p in model.parameters())
 
 
 def test_freed_memory_is_kept_for_the_next_tensor_of_its_size():
