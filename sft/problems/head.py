@@ -50,8 +50,8 @@ def head_in_fp32(model: torch.nn.Module) -> torch.nn.Module:
 def bf16_but_head(model: torch.nn.Module) -> torch.nn.Module:
     """`model`'s floating weights and buffers cast to bf16 in place, its output layer's kept in
     fp32 (cast and back, a bias of 2016.37 would come back as 2016)."""
-    head = {id(p) for layer in output_layers(model, model.config.num_labels)[-1:] for p in
-            layer.parameters()}  # fmt: skip
+    layers = output_layers(model, model.config.num_labels)
+    head = {id(p) for p in layers[-1].parameters()} if layers else set()
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
             if tensor.is_floating_point() and id(tensor) not in head:
