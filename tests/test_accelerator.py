@@ -156,14 +156,14 @@ def test_a_vit_keeps_its_layout(monkeypatch, models):
     assert all(p.is_contiguous() for p in model.parameters())
 
 
-FAULTS_OF_A_REMADE_TENSOR = """
+FAULTS_OF_REMADE_TENSORS = """
 import resource, torch
 from sft.training.accelerator import keep_freed_memory
 
-def faults():  # page faults of a 64 MiB tensor made, freed, and made again
-    torch.ones(2**24).add_(1)
+def faults():  # page faults of six 64 MiB tensors, each freed before the next is made
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    torch.ones(2**24).add_(1)
+    for _ in range(6):
+        torch.ones(2**24).add_(1)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 print(faults())
@@ -173,16 +173,18 @@ print(faults())
 
 
 def test_freed_memory_is_kept_for_the_next_tensor_of_its_size():
-    """A tensor of 64 MiB freed and made again: glibc's malloc unmaps it and the kernel zeroes
-    every page anew; after keep_freed_memory the pages are reused. In a process of its own:
-    malloc's state (what is free at the top of the heap, which thread's arena) is the process's."""
+    """Tensors of 64 MiB made and freed in turn: by default glibc's malloc unmaps each and the
+    kernel zeroes every page of the next anew; after keep_freed_memory the pages are reused (the
+    heap grows once, at times twice, to hold one). In a process of its own: malloc's state (what
+    is free where in the heap) is the process's."""
     result = subprocess.run(
-        [sys.executable, "-c", FAULTS_OF_A_REMADE_TENSOR], capture_output=True, text=True
+        [sys.executable, "-c", FAULTS_OF_REMADE_TENSORS], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
     default, kept = (int(n) for n in result.stdout.split())
     pages = 2**26 // os.sysconf("SC_PAGE_SIZE")
-    assert default > pages * 0.9 and kept < pages // 10
+    assert default > 5.5 * pages  # every one of the six
+    assert kept < default / 2  # the first, at times a second; never half of them
 
 
 def test_told_no_by_flag_or_config_file_not_by_default(tmp_path):
