@@ -396,13 +396,14 @@ def main() -> None:
             trained = folder / "fine-tuned"
             run_sft(dataclasses.replace(job, evaluate_only=False), data, checkpoint, trained)
             model = str(trained / "model")
-        runs: dict[str, list[dict]] = {tool: [] for tool in tools(job)}
+        runners = tools(job)
+        runs: dict[str, list[dict]] = {tool: [] for tool in runners}
         for repeat in range(args.repeats):
             shift = repeat % len(runs)  # interleaved: each tool first in turn
             order = list(runs)[shift:] + list(runs)[:shift]
             for tool in order:
                 out = folder / f"{tool}-{repeat}"
-                runs[tool].append(tools(job)[tool](job, data, model, out))
+                runs[tool].append(runners[tool](job, data, model, out))
                 print(f"{name} | {tool} #{repeat}: {runs[tool][-1]}", flush=True)  # noqa: T201
         keys = [k for k in runs["sft"][0] if k != "started"]
         results["jobs"][name] = {

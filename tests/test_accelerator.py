@@ -88,7 +88,7 @@ def test_explicit_choices_and_what_is_refused():
         precision("fp8", "cuda", None)
 
 
-def test_autocast_outside_an_accelerator_follows_the_decision(monkeypatch):
+def test_autocast_outside_an_accelerator_follows_the_precision_it_is_given():
     linear = torch.nn.Linear(4, 2)
     x = torch.randn(3, 4)
     with engine.autocast(decide_precision("bf16", "cpu", None), "cpu"):
