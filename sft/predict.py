@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def predict(args) -> None:
-    from sft.training.accelerator import autocast, inference_precision
+    from sft.training.inference import autocast, inference_precision
 
     _check_options(args)
     model = resolve(args.model)

@@ -112,12 +112,8 @@ def _evaluate(model, problem: Problem, labels: list[str], encoded, inputs, cfg, 
     """metrics.json's scores and timings, the evaluation, and its order (output_order)."""
     from sft.data.loaders import eval_loader, output_order
     from sft.training import scoring
-    from sft.training.accelerator import (
-        device_type,
-        fresh_accelerator,
-        inference_precision,
-        launcher_choice,
-    )
+    from sft.training.accelerator import device_type, fresh_accelerator, launcher_choice
+    from sft.training.inference import inference_precision
 
     chosen = inference_precision(model, cfg.trainer.precision, device_type(), launcher_choice())
     accelerator = fresh_accelerator(mixed_precision=chosen.mixed_precision)

@@ -7,7 +7,6 @@ import ctypes
 import logging
 import os
 import platform
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from accelerate.utils import DistributedDataParallelKwargs, gather_object, parse
 
 from sft.config import Config
 from sft.errors import SftError
-from sft.problems.head import bf16_but_head
 from sft.training import trackers
 
 log = logging.getLogger(__name__)
@@ -66,50 +64,6 @@ def make_accelerator(cfg: Config, run_dir: str | Path) -> Accelerator:
     if accelerator.mixed_precision == "bf16" and on_cpu and "amx_bf16" not in cpu_bf16_units():
         log.warning("bf16 on a CPU without AMX: expect it to be slower than fp32")
     return accelerator
-
-
-def inference_precision(
-    model: torch.nn.Module, choice: str, device: str, launched_with: str | None = None
-) -> Precision:
-    """The precision a model that only infers (sft.evaluate, sft.report, sft.predict) runs in,
-    as `trainer.precision=choice` decides on `device`; logged. Where that is bf16, `model` is
-    cast to bf16 once (floating inputs cast as they come in, the output layer kept in fp32 by
-    head_in_fp32) instead of running under autocast, which casts weights and activations at
-    every layer: 1.2x the examples/s of MiniLM and Whisper's encoder, the same predictions
-    (BENCHMARKS.md). Not a model with batch norm: EfficientNet-Lite0 with bf16 weights changed
-    12 of 1,000 test predictions and lost 0.6 points of accuracy, so it keeps autocast. A
-    convolutional network's weights go channels-last, the layout oneDNN's convolutions run
-    fastest in: EfficientNet-Lite0's forward 1.6x faster in bf16, 1.3x in fp32, same outputs."""
-    chosen = decide_precision(choice, device, launched_with)
-    if chosen.mixed_precision is None:  # accelerate launch chose it: that, by name
-        chosen = Precision(launched_with, chosen.why)
-    convolutions = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    if convolutions > 1:  # a network of them; not ViT's one patch embedding
-        model.to(memory_format=torch.channels_last)
-    batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if chosen.mixed_precision == "bf16" and not batch_norm:
-        bf16_but_head(model)
-        model.register_forward_pre_hook(_floats_in_bf16, with_kwargs=True)
-        chosen = Precision("no", chosen.why, weights="bf16")
-    log.info("precision %s (%s)", chosen.label, chosen.why)
-    keep_freed_memory()
-    return chosen
-
-
-def _floats_in_bf16(_, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    def cast(x):
-        return x.to(torch.bfloat16) if torch.is_tensor(x) and x.is_floating_point() else x
-
-    return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
-
-
-def autocast(chosen: Precision, device: str) -> AbstractContextManager:
-    """Autocast as `chosen` says, for a model that runs outside an Accelerator (sft.predict's
-    pipeline)."""
-    if chosen.mixed_precision == "no":
-        return nullcontext()
-    dtype = torch.bfloat16 if chosen.mixed_precision == "bf16" else torch.float16
-    return torch.autocast(device, dtype=dtype)
 
 
 def fresh_accelerator(**settings) -> Accelerator:
