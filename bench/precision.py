@@ -1,6 +1,7 @@
 """What precision=auto and fast dropout buy on this machine: a training step (forward, backward,
 fused AdamW) and an inference forward pass of each offline architecture, fp32 against bf16
-autocast, and MiniLM's training step with torch's dropout against sft's; interleaved, medians.
+autocast, MiniLM's training step with torch's dropout against sft's, and EfficientNet's with
+contiguous filters against channels-last (as sft trains it); interleaved, medians.
 
     python bench/precision.py [--repeats 8] [--only minilm] [--out DIR] [--smoke]
     ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 python bench/precision.py --only minilm   (no AMX)
@@ -158,6 +159,12 @@ def main() -> None:
             ours = {f"{k}, fast dropout": v for k, v in fast_steps.items() if "train" in k}
             both = {k: v for k, v in steps(model, batch, optimizer).items() if "train" in k}
             results["ms"]["minilm dropout"] = timed(both | ours, args.repeats)
+        if name == "efficientnet":  # contiguous filters against channels-last, as sft trains
+            last = build().to(memory_format=torch.channels_last)
+            last_optimizer = torch.optim.AdamW(last.parameters(), lr=1e-5, fused=True)
+            ours = {f"{k}, channels-last": v for k, v in steps(last, batch, last_optimizer).items()}
+            plain = steps(model, batch, optimizer)
+            results["ms"]["efficientnet layout"] = timed(plain | ours, args.repeats)
         print(name, json.dumps(results["ms"], indent=1), flush=True)  # noqa: T201
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"precision-{isa}.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -19,8 +19,10 @@ import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
+from sft import modalities
 from sft.config import OptimizerConfig
 from sft.errors import SftError
+from sft.prepare import tiny_model
 from sft.runs.directory import RunDir
 from sft.training.checkpoint import Checkpoints
 from sft.training.model import load_classifier
@@ -29,14 +31,32 @@ from sft.training.state import Best, Evaluation, Progress
 from tests.helpers.distributed import ACCELERATE, cpu_env, free_port
 
 
-class Training:
-    """The tiny BERT, AdamW and a linear schedule, prepared by Accelerate, with checkpoints in
-    `run_dir`; each step draws its batch from the global RNGs and trains with dropout, so an
-    exact continuation needs the RNG states as well as the weights."""
+def token_batch() -> dict[str, torch.Tensor]:
+    return {"input_ids": torch.randint(5, 30, (4, 12))}
 
-    def __init__(self, checkpoint: Path, run_dir: Path, keep: int = 2, labels=("a", "b", "c")):
+
+def image_batch() -> dict[str, torch.Tensor]:
+    return {"pixel_values": torch.randn(4, 3, 32, 32)}
+
+
+class Training:
+    """A tiny model (BERT, unless `modality` and `batch` say otherwise), fused AdamW and a
+    linear schedule, prepared by Accelerate, with checkpoints in `run_dir`; each step draws its
+    batch from the global RNGs and trains with dropout, so an exact continuation needs the RNG
+    states as well as the weights."""
+
+    def __init__(
+        self,
+        checkpoint: Path,
+        run_dir: Path,
+        keep: int = 2,
+        labels=("a", "b", "c"),
+        modality=None,
+        batch=token_batch,
+    ):
         self.accelerator = Accelerator(cpu=True)
-        model = load_classifier(str(checkpoint), list(labels))
+        self.batch = batch
+        model = load_classifier(str(checkpoint), list(labels), modality)
         optimizer = make_optimizer(
             param_groups(model, lr=5e-3, weight_decay=0.01), OptimizerConfig()
         )
@@ -50,9 +70,9 @@ class Training:
         losses = []
         self.model.train()
         for _ in range(n):
-            ids = torch.randint(5, 30, (4, 12))
+            inputs = self.batch()
             labels = torch.from_numpy(np.random.randint(0, 3, size=4))
-            loss = torch.nn.functional.cross_entropy(self.model(input_ids=ids).logits, labels)
+            loss = torch.nn.functional.cross_entropy(self.model(**inputs).logits, labels)
             self.accelerator.backward(loss)
             self.optimizer.step()
             self.scheduler.step()
@@ -75,10 +95,27 @@ def files(directory: Path) -> dict[str, int]:
     return {f.name: f.stat().st_size for f in directory.iterdir() if f.is_file()}
 
 
-def test_resuming_unpickles_nothing_and_continues_exactly(tmp_path, tiny_checkpoint, monkeypatch):
+@pytest.fixture(scope="module")
+def tiny_resnet(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return tiny_model("resnet", tmp_path_factory.mktemp("resnet"), image_size=32)
+
+
+@pytest.mark.parametrize("kind", ["bert", "resnet"])
+def test_resuming_unpickles_nothing_and_continues_exactly(
+    tmp_path, tiny_checkpoint, tiny_resnet, monkeypatch, kind
+):
+    """ResNet's filters train channels-last, and a checkpoint holds them and AdamW's moments
+    contiguous: the resume puts each moment back into its filter's layout, which fused AdamW
+    needs to step the right elements."""
+    if kind == "bert":
+        start = partial(Training, tiny_checkpoint)
+    else:
+        image = modalities.get("image-classification")
+        start = partial(Training, tiny_resnet, modality=image, batch=image_batch)
     torch.manual_seed(0)
     np.random.seed(0)
-    first = Training(tiny_checkpoint, tmp_path / "run")
+    first = start(tmp_path / "run")
     first.steps(2)
     first.evaluated(0.5)
     best_weights = first.weights()
@@ -95,8 +132,11 @@ def test_resuming_unpickles_nothing_and_continues_exactly(tmp_path, tiny_checkpo
         monkeypatch.setattr(module, name, unpickling)
     torch.manual_seed(1)  # other RNG states and other initial head weights: the load restores
     np.random.seed(1)
-    second = Training(tiny_checkpoint, tmp_path / "run")
+    second = start(tmp_path / "run")
     second.progress = second.checkpoints.load(checkpoint, "f1")
+    filters = [p for p in second.model.parameters() if p.dim() == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in filters)
+    assert bool(filters) == (kind == "resnet")
 
     assert second.progress.step == 3 and second.progress.best.step == 2
     for name, tensor in best_weights.items():

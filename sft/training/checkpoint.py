@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 
 from sft.errors import Preempted, SftError
 from sft.runs.directory import RunDir, strict_json
+from sft.training.optim import restore_state, saved_state
 from sft.training.state import Progress, cpu_copy
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Checkpoints:
         _write(partial / f"rng-{acc.process_index}.safetensors", *_rng_state())
         if acc.is_main_process:
             _write(partial / WEIGHTS, cpu_copy(weights), {})
-            _write(partial / OPTIMIZER, *_optimizer_state(self.optimizer.state_dict()))
+            _write(partial / OPTIMIZER, *saved_state(self.optimizer))
             best = self._best_weights(p)
             state = {
                 **p.state_dict(),
@@ -195,7 +196,7 @@ class Checkpoints:
                 f"with the model.checkpoint and labels it trained with (config.yaml beside it), "
                 f"or start over with resume=never"
             ) from None
-        self.optimizer.load_state_dict(_optimizer_state_dict(*_read(directory / OPTIMIZER)))
+        restore_state(self.optimizer, *_read(directory / OPTIMIZER))
         self.scheduler.load_state_dict(state["scheduler"])
         if acc.scaler is not None and state["grad_scaler"] is not None:
             acc.scaler.load_state_dict(state["grad_scaler"])
@@ -231,31 +232,6 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     with safe_open(path, framework="pt") as f:
         plain = json.loads(f.metadata()["json"])
     return load_file(path), plain
-
-
-def _optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """An optimizer's `state_dict` as tensors named `<param index>.<name>` plus JSON for the
-    rest (param_groups, any non-tensor state)."""
-    tensors, other = {}, {}
-    for index, per_param in state_dict["state"].items():
-        for name, value in per_param.items():
-            if torch.is_tensor(value):
-                tensors[f"{index}.{name}"] = value.detach().contiguous()
-            else:
-                other.setdefault(str(index), {})[name] = value
-    return tensors, {"param_groups": state_dict["param_groups"], "state": other}
-
-
-def _optimizer_state_dict(tensors: dict[str, torch.Tensor], plain: dict) -> dict:
-    """The inverse of `_optimizer_state` (parameter indices are ints again; the optimizer's
-    `load_state_dict` moves the tensors to their parameters' device)."""
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    for index, values in plain["state"].items():
-        state.setdefault(int(index), {}).update(values)
-    return {"state": state, "param_groups": plain["param_groups"]}
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import OmegaConf
 from transformers import PreTrainedModel
 
@@ -104,7 +105,20 @@ def load_classifier(
                 f"convolutional feature encoder; set it to false"
             )
         model.freeze_feature_encoder()
+    channels_last_if_convolutional(model)
     return use_fast_dropout(head_in_fp32(model))
+
+
+def channels_last_if_convolutional(model: torch.nn.Module) -> bool:
+    """A network of 2D convolutions (more than one: not ViT's patch embedding alone) with its
+    filters in channels-last, the layout oneDNN's convolutions run fastest in (and cuDNN's on
+    tensor cores); whether it is one. EfficientNet-Lite0's fp32 training step 1.46x faster,
+    its bf16 forward 1.6x (BENCHMARKS.md). Saved weights and checkpoints stay contiguous;
+    a resume puts the optimizer's state back into its parameters' layout."""
+    convolutional = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) > 1
+    if convolutional:
+        model.to(memory_format=torch.channels_last)
+    return convolutional
 
 
 def enable_gradient_checkpointing(model: PreTrainedModel) -> None:

@@ -1,6 +1,6 @@
 """At which learning rate each parameter trains: parameter groups (per model part, decay or
-not, layer-wise decay), the AdamW optimizer over them, and the learning-rate schedule.
-Mirrors conf/optimizer and conf/scheduler."""
+not, layer-wise decay), the AdamW optimizer over them, the learning-rate schedule, and the
+optimizer's state as a checkpoint holds it. Mirrors conf/optimizer and conf/scheduler."""
 
 from __future__ import annotations
 
@@ -168,3 +168,38 @@ def make_scheduler(settings: SchedulerConfig, optimizer: torch.optim.Optimizer, 
         num_warmup_steps=round(settings.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
+
+
+def saved_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """The optimizer's state as contiguous tensors named `<param index>.<name>` (for
+    safetensors) plus JSON for the rest (param_groups, any non-tensor state)."""
+    state_dict = optimizer.state_dict()
+    tensors, other = {}, {}
+    for index, per_param in state_dict["state"].items():
+        for name, value in per_param.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{name}"] = value.detach().contiguous()
+            else:
+                other.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "state": other}
+
+
+def restore_state(optimizer: torch.optim.Optimizer, tensors: dict, plain: dict) -> None:
+    """The inverse of `saved_state`: parameter indices are ints again, `load_state_dict` moves
+    the tensors to their parameters' device, and each tensor shaped as its parameter (AdamW's
+    moments) goes back into that parameter's memory layout. `load_state_dict` keeps the
+    contiguous layout it is given, and torch's fused AdamW walks a channels-last filter and a
+    contiguous moment in storage order alike, raising nothing: a 3x3 filter came out 1.7e-3
+    off after one step."""
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for index, values in plain["state"].items():
+        state.setdefault(int(index), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
+    for param, per_param in optimizer.state.items():
+        for name, value in per_param.items():
+            moment = torch.is_tensor(value) and value.shape == param.shape
+            if moment and value.stride() != param.stride():
+                per_param[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
