@@ -1,7 +1,8 @@
 """What precision=auto and fast dropout buy on this machine: a training step (forward, backward,
 fused AdamW) and an inference forward pass of each offline architecture, fp32 against bf16
-autocast, MiniLM's training step with torch's dropout against sft's, and EfficientNet's with
-contiguous filters against channels-last (as sft trains it); interleaved, medians.
+autocast, MiniLM's training step with torch's dropout against sft's, and EfficientNet's as torch
+builds it against sft's convolutions (channels-last, depthwise ones in fp32: fast_convolutions);
+interleaved, medians.
 
     python bench/precision.py [--repeats 8] [--only minilm] [--out DIR] [--smoke]
     ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 python bench/precision.py --only minilm   (no AMX)
@@ -129,6 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     from sft.training.accelerator import cpu_bf16_units, cpu_name
     from sft.training.dropout import use_fast_dropout
+    from sft.training.model import fast_convolutions
 
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "best")
     fast = "amx_bf16" in cpu_bf16_units() and isa == "best"
@@ -159,12 +161,13 @@ def main() -> None:
             ours = {f"{k}, fast dropout": v for k, v in fast_steps.items() if "train" in k}
             both = {k: v for k, v in steps(model, batch, optimizer).items() if "train" in k}
             results["ms"]["minilm dropout"] = timed(both | ours, args.repeats)
-        if name == "efficientnet":  # contiguous filters against channels-last, as sft trains
-            last = build().to(memory_format=torch.channels_last)
-            last_optimizer = torch.optim.AdamW(last.parameters(), lr=1e-5, fused=True)
-            ours = {f"{k}, channels-last": v for k, v in steps(last, batch, last_optimizer).items()}
+        if name == "efficientnet":  # torch's defaults against sft's fast_convolutions
+            fast = build()
+            fast_convolutions(fast)  # channels-last, depthwise convolutions in fp32
+            fast_optimizer = torch.optim.AdamW(fast.parameters(), lr=1e-5, fused=True)
+            ours = {f"{k}, sft's": v for k, v in steps(fast, batch, fast_optimizer).items()}
             plain = steps(model, batch, optimizer)
-            results["ms"]["efficientnet layout"] = timed(plain | ours, args.repeats)
+            results["ms"]["efficientnet convolutions"] = timed(plain | ours, args.repeats)
         print(name, json.dumps(results["ms"], indent=1), flush=True)  # noqa: T201
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"precision-{isa}.json").write_text(json.dumps(results, indent=2) + "\n")

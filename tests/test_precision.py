@@ -140,3 +140,33 @@ def test_a_bf16_run_trains_as_well_as_fp32(tmp_path, trained_text_run, tiny_chec
     fp32_metrics = json.loads((fp32_dir / "metrics.json").read_text())
     assert (bf16_metrics["precision"], fp32_metrics["precision"]) == ("bf16", "fp32")
     assert bf16_metrics["accuracy"] >= fp32_metrics["accuracy"] - 0.05
+
+
+def test_a_depthwise_convolution_that_trains_computes_in_fp32_under_cpu_autocast(models):
+    """oneDNN's bf16 backward of a depthwise convolution is slow: where one follows (gradients
+    on), under CPU bf16 autocast, the convolution computes in fp32 on its bf16 input. Without
+    gradients and outside autocast it is the plain convolution; the rest of the network stays
+    in bf16, channels-last."""
+    model = models("efficientnet")  # load_classifier: fast_convolutions
+    convolutions = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convolutions)
+    depthwise = [c for c in convolutions if c.groups > 1 and c.groups == c.in_channels]
+    pointwise = next(c for c in convolutions if c.groups == 1 and c.in_channels > 3)
+    conv = depthwise[0]
+    x = torch.randn(2, conv.in_channels, 8, 8, dtype=torch.bfloat16)
+    expected = torch.nn.Conv2d.forward(conv, x.float())  # outside autocast: fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x)
+        with torch.no_grad():
+            assert conv(x).dtype == torch.bfloat16
+        assert pointwise(torch.randn(2, pointwise.in_channels, 8, 8)).dtype == torch.bfloat16
+    assert out.dtype == torch.float32 and torch.equal(out, expected)
+    assert torch.equal(conv(x.float()), expected)
+
+    # Its filter's gradient is the fp32 convolution's, on the bf16 input.
+    out.sum().backward()
+    weight = conv.weight.detach().clone().requires_grad_()
+    args = conv.stride, conv.padding, conv.dilation, conv.groups
+    torch.nn.functional.conv2d(x.float(), weight, conv.bias, *args).sum().backward()
+    assert conv.weight.grad.abs().sum() > 0
+    torch.testing.assert_close(conv.weight.grad, weight.grad, rtol=1e-6, atol=0)

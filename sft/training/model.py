@@ -4,6 +4,7 @@ the fine-tuned models that predict, evaluate and export find in run directories 
 from __future__ import annotations
 
 import logging
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,20 +106,41 @@ def load_classifier(
                 f"convolutional feature encoder; set it to false"
             )
         model.freeze_feature_encoder()
-    channels_last_if_convolutional(model)
+    fast_convolutions(model)
     return use_fast_dropout(head_in_fp32(model))
 
 
-def channels_last_if_convolutional(model: torch.nn.Module) -> bool:
+def fast_convolutions(model: torch.nn.Module) -> None:
     """A network of 2D convolutions (more than one: not ViT's patch embedding alone) with its
     filters in channels-last, the layout oneDNN's convolutions run fastest in (and cuDNN's on
-    tensor cores); whether it is one. EfficientNet-Lite0's fp32 training step 1.46x faster,
-    its bf16 forward 1.6x (BENCHMARKS.md). Saved weights and checkpoints stay contiguous;
-    a resume puts the optimizer's state back into its parameters' layout."""
-    convolutional = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) > 1
-    if convolutional:
-        model.to(memory_format=torch.channels_last)
-    return convolutional
+    tensor cores): EfficientNet-Lite0's fp32 training step 1.3x faster, its bf16 forward 1.5x.
+    Its depthwise convolutions compute in fp32 under CPU bf16 autocast (`_depthwise_in_fp32`).
+    Saved weights and checkpoints stay contiguous; a resume puts the optimizer's state back
+    into its parameters' layout (`optim.restore_state`). BENCHMARKS.md has the figures."""
+    convolutions = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    if len(convolutions) <= 1:
+        return
+    model.to(memory_format=torch.channels_last)
+    for conv in convolutions:
+        depthwise = conv.groups > 1 and conv.groups == conv.in_channels
+        if depthwise and type(conv).forward is torch.nn.Conv2d.forward:  # not a forward of its own
+            conv.forward = types.MethodType(_depthwise_in_fp32, conv)
+
+
+def _depthwise_in_fp32(self: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A depthwise convolution that will be backpropagated, in fp32 under CPU bf16 autocast.
+    oneDNN has no fast bf16 kernel for its backward pass: one 5x5 depthwise layer of
+    EfficientNet-Lite0 took 140 ms in bf16 against 39 ms in fp32, and the whole bf16 training
+    step went from 2,361 to 1,591 ms (fp32: 1,991). Without gradients the casts cost more than
+    they save (the forward 285 -> 362 ms), and elsewhere (fp32, GPUs) nothing is slow: there it
+    is the plain convolution."""
+    cpu_bf16 = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+    backward = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+    if not (cpu_bf16 and backward) or torch.get_autocast_dtype("cpu") != torch.bfloat16:
+        return torch.nn.Conv2d.forward(self, x)
+    bias = None if self.bias is None else self.bias.float()
+    with torch.autocast("cpu", enabled=False):
+        return self._conv_forward(x.float(), self.weight.float(), bias)
 
 
 def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
