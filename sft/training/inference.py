@@ -27,8 +27,9 @@ def inference_precision(
     their bias inside the matmul (`bias_in_matmul`). Not a model with batch norm:
     EfficientNet-Lite0 with bf16 weights changed 12 of 1,000 test predictions and lost 0.6
     points of accuracy, so it keeps autocast. A convolutional network's weights go
-    channels-last, its depthwise convolutions compute in fp32 under autocast
-    (`fast_convolutions`): EfficientNet-Lite0's bf16 forward 1.4-1.6x faster, same outputs."""
+    channels-last (`fast_convolutions`; its depthwise convolutions stay in bf16 here, with no
+    backward pass to slow them): EfficientNet-Lite0's bf16 forward 1.4-1.6x faster, same
+    outputs."""
     chosen = decide_precision(choice, device, launched_with)
     if chosen.mixed_precision is None:  # accelerate launch chose it: that, by name
         chosen = Precision(launched_with, chosen.why)

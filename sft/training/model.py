@@ -115,9 +115,9 @@ def fast_convolutions(model: torch.nn.Module) -> None:
     filters in channels-last, the layout oneDNN's convolutions run fastest in (and cuDNN's on
     tensor cores). Its depthwise convolutions compute in fp32 as they train under CPU bf16
     autocast (`_depthwise_in_fp32`). EfficientNet-Lite0's training step 1.45x faster in bf16,
-    1.33x in fp32, its bf16 forward 1.4x.
-    Saved weights and checkpoints stay contiguous; a resume puts the optimizer's state back
-    into its parameters' layout (`optim.restore_state`). BENCHMARKS.md has the figures."""
+    1.33x in fp32, its bf16 forward 1.4x. Saved weights and checkpoints stay contiguous; a
+    resume puts the optimizer's state back into its parameters' layout (`optim.restore_state`).
+    BENCHMARKS.md has the figures."""
     convolutions = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     if len(convolutions) <= 1:
         return
@@ -133,12 +133,13 @@ def _depthwise_in_fp32(self: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     oneDNN has no fast bf16 kernel for its backward pass: one 5x5 depthwise layer of
     EfficientNet-Lite0 took 140 ms in bf16 against 39 ms in fp32. Its whole bf16 training step
     takes 1,534 ms so (2,219 as torch builds it; channels-last alone gained nothing), now
-    faster than fp32's 1,958. Without
-    gradients the casts cost more than they save (the forward 285 -> 362 ms), and elsewhere
-    (fp32, GPUs) nothing is slow: there it is the plain convolution."""
-    cpu_bf16 = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+    faster than fp32's 1,958. Without gradients the casts cost more than they save (the
+    forward 285 -> 362 ms), and elsewhere (fp32, GPUs) nothing is slow: there it is the plain
+    convolution."""
+    on_cpu = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+    cpu_bf16 = on_cpu and torch.get_autocast_dtype("cpu") == torch.bfloat16
     backward = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-    if not (cpu_bf16 and backward) or torch.get_autocast_dtype("cpu") != torch.bfloat16:
+    if not (cpu_bf16 and backward):
         return torch.nn.Conv2d.forward(self, x)
     bias = None if self.bias is None else self.bias.float()
     with torch.autocast("cpu", enabled=False):
